@@ -1,0 +1,174 @@
+"""The bundle manifest: what the board needs to know to run a model exactly as it was trained.
+
+The manifest is plain JSON so that any board (and any human) can read it without edgemeta.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from edgemeta.errors import BundleError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Preprocessing",
+    "InputSpec",
+    "Provenance",
+    "Manifest",
+    "validate_version",
+]
+
+SCHEMA_VERSION = 1
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_DISTANCES = ("squared_euclidean", "cosine")
+
+
+def validate_version(version: str) -> str:
+    """Return ``version`` if it is safe as a directory name on a board, else raise BundleError."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version) or ".." in version:
+        raise BundleError(
+            f"model version {version!r} is not valid; expected 1-64 characters of letters, digits, "
+            "'.', '_', '+' or '-', starting with a letter or digit (e.g. '1.0.0')"
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes the float input the network was trained on.
+
+    Order: convert to grayscale (if ``channels == 1``), resize to ``size`` (H, W), scale to
+    [0, 1], invert (``1 - x``) if ``invert`` so that ink is bright on a dark background.
+    """
+
+    size: tuple[int, int] = (28, 28)
+    channels: int = 1
+    invert: bool = True
+    resample: str = "bilinear"
+    scale: float = 1.0 / 255.0
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise BundleError(f"preprocessing size must be (height, width) > 0, got {self.size}")
+        if self.channels not in (1, 3):
+            raise BundleError(f"preprocessing channels must be 1 or 3, got {self.channels}")
+        if self.resample not in ("bilinear", "nearest", "bicubic", "box", "lanczos"):
+            raise BundleError(
+                f"preprocessing resample {self.resample!r} unknown; "
+                "expected bilinear, nearest, bicubic, box or lanczos"
+            )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's input tensor: shape with a dynamic batch (``None``), dtype and quantization."""
+
+    shape: tuple[int | None, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the model came from and how well it did when it was packed."""
+
+    algorithm: str = "protonet"
+    n_way: int = 0
+    k_shot: int = 0
+    dataset: str = ""
+    float_accuracy: float | None = None
+    int8_accuracy: float | None = None
+    episodes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a board needs to run and trust ``model.tflite``."""
+
+    name: str
+    version: str
+    model_sha256: str
+    model_bytes: int
+    input: InputSpec
+    embedding_dim: int
+    output_scale: float
+    output_zero_point: int
+    distance: str = "squared_euclidean"
+    provenance: Provenance = field(default_factory=Provenance)
+    created_at: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        validate_version(self.version)
+        if not re.fullmatch(r"[0-9a-f]{64}", self.model_sha256 or ""):
+            raise BundleError(
+                f"manifest model_sha256 {self.model_sha256!r} is not a 64-digit lowercase hex digest"
+            )
+        if self.distance not in _DISTANCES:
+            raise BundleError(f"manifest distance {self.distance!r} unknown; expected one of {_DISTANCES}")
+        if self.embedding_dim < 1:
+            raise BundleError(f"manifest embedding_dim must be positive, got {self.embedding_dim}")
+
+    def to_json(self) -> str:
+        """Serialise to indented JSON (stable key order)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Manifest":
+        """Parse and validate a manifest; raise :class:`BundleError` naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BundleError("manifest.json must hold a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
+        """Build from a plain dict (as in manifest.json), checking the schema version and fields."""
+        schema = data.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version {schema!r} is not supported; this edgemeta reads "
+                f"schema_version {SCHEMA_VERSION}"
+            )
+        try:
+            inp = dict(data["input"])
+            pre = dict(inp.pop("preprocessing", {}))
+            pre["size"] = tuple(pre.get("size", (28, 28)))
+            input_spec = InputSpec(
+                shape=tuple(inp["shape"]),
+                dtype=str(inp["dtype"]),
+                scale=float(inp["scale"]),
+                zero_point=int(inp["zero_point"]),
+                preprocessing=_build(Preprocessing, pre, "input.preprocessing"),
+            )
+            top = {k: v for k, v in data.items() if k not in ("input", "provenance")}
+            top["input"] = input_spec
+            top["provenance"] = _build(Provenance, dict(data.get("provenance", {})), "provenance")
+            return _build(cls, top, "manifest")
+        except KeyError as exc:
+            raise BundleError(f"manifest.json lacks the required field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"manifest.json has a field of the wrong type: {exc}") from exc
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BundleError(f"{where} has unknown field(s) {unknown}; expected only {sorted(known)}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise BundleError(f"{where} is incomplete or malformed: {exc}") from exc

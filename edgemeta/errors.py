@@ -1,0 +1,59 @@
+"""One exception hierarchy for the whole SDK.
+
+Every error says what was wrong and what was expected, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgemetaError",
+    "BundleError",
+    "BoardError",
+    "FlashError",
+    "DataError",
+    "InputError",
+    "BackendError",
+    "FleetError",
+    "MessageError",
+    "MissingDependencyError",
+]
+
+
+class EdgemetaError(Exception):
+    """Base class of every error edgemeta raises on purpose."""
+
+
+class BundleError(EdgemetaError):
+    """A bundle is missing, truncated, tampered with or malformed."""
+
+
+class BoardError(EdgemetaError):
+    """An unknown board profile, or a bundle that does not fit a board."""
+
+
+class FlashError(EdgemetaError):
+    """A bundle could not be installed on a board; the previous model stays current."""
+
+
+class DataError(EdgemetaError):
+    """A dataset folder or archive is missing or not in the expected layout."""
+
+
+class InputError(EdgemetaError, ValueError):
+    """An image or array given to the runtime is not of a kind it accepts."""
+
+
+class BackendError(EdgemetaError):
+    """No usable TFLite interpreter, or the requested one is not installed."""
+
+
+class FleetError(EdgemetaError):
+    """A broker could not be reached or started."""
+
+
+class MessageError(FleetError, ValueError):
+    """An MQTT payload or topic that does not follow the telemetry schema."""
+
+
+class MissingDependencyError(EdgemetaError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
