@@ -16,6 +16,7 @@ from edgemeta.errors import (
     InputError,
     MessageError,
     MissingDependencyError,
+    StateError,
 )
 
 __version__ = "0.1.0"
@@ -32,4 +33,5 @@ __all__ = [
     "InputError",
     "MessageError",
     "MissingDependencyError",
+    "StateError",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "FlashError",
     "DataError",
     "InputError",
+    "StateError",
     "BackendError",
     "FleetError",
     "MessageError",
@@ -41,6 +42,10 @@ class DataError(EdgemetaError):
 
 class InputError(EdgemetaError, ValueError):
     """An image or array given to the runtime is not of a kind it accepts."""
+
+
+class StateError(EdgemetaError):
+    """Stored board state (learned prototypes) is unreadable or belongs to another model."""
 
 
 class BackendError(EdgemetaError):

@@ -1,0 +1,266 @@
+"""The ``edgemeta`` command line. Thin: every command calls into the packages.
+
+Host-side imports (TensorFlow) happen inside the commands that need them, so board commands such
+as ``edgemeta device run`` start without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgemeta import __version__
+from edgemeta.errors import EdgemetaError
+
+__all__ = ["main", "cli"]
+
+
+class _Group(click.Group):
+    """Turns every EdgemetaError into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgemetaError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="edgemeta")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """edgemeta: few-shot models from a workstation to a fleet of edge boards."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- host: train, convert
+@cli.command()
+@click.option("--data", "source", default="synthetic", show_default=True,
+              help="'synthetic[:N_CLASSES]', an Omniglot-layout folder/zip, or a <class>/*.png folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory: model.keras, train_config.json, train_log.jsonl, run.json.")
+@click.option("--way", default=20, show_default=True)
+@click.option("--shot", default=5, show_default=True)
+@click.option("--query", default=5, show_default=True)
+@click.option("--episodes", default=400, show_default=True)
+@click.option("--filters", default=64, show_default=True, help="Conv-4 width (= embedding size).")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--test-fraction", default=0.3, show_default=True,
+              help="Share of classes held out as unseen for validation.")
+def train(source: str, out_dir: str, way: int, shot: int, query: int, episodes: int,
+          filters: int, lr: float, seed: int, test_fraction: float) -> None:
+    """Meta-train a prototypical network (Conv-4) on N-way K-shot episodes."""
+    from edgemeta.meta import TrainConfig
+    from edgemeta.pipeline import DataSplit, train_run
+
+    config = TrainConfig(n_way=way, k_shot=shot, n_query=query, episodes=episodes,
+                         filters=filters, learning_rate=lr, seed=seed)
+    result, paths = train_run(DataSplit(source, test_fraction, seed), config, out_dir)
+    last = result.history[-1] if result.history else {}
+    click.echo(f"trained {episodes} episodes in {result.seconds:.1f} s; "
+               f"val 5-way 1-shot {last.get('val_acc', float('nan')):.3f}")
+    click.echo(f"wrote {paths['model']}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="Bundle to write, e.g. glyphs.edgemeta")
+@click.option("--name", default=None, help="Model name (default: the bundle's file stem).")
+@click.option("--version", "version", default="1.0.0", show_default=True)
+@click.option("--eval-episodes", default=300, show_default=True)
+def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_episodes: int) -> None:
+    """Convert a training run to a full-integer int8 bundle and report float vs int8 accuracy."""
+    from edgemeta.pipeline import bundle_run, load_run
+
+    model, config, split, pre, _ = load_run(run_dir)
+    bundle, report = bundle_run(model, config, split, pre, out_path, name=name or Path(out_path).stem,
+                                version=version, eval_episodes=eval_episodes)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")
+
+
+# ---------------------------------------------------------------- bundle, boards
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+def inspect(bundle: str) -> None:
+    """Verify a bundle and print its manifest."""
+    from edgemeta.bundle import read_bundle
+
+    click.echo(read_bundle(bundle).manifest.to_json())
+
+
+@cli.command("boards")
+def boards_cmd() -> None:
+    """List the board profiles."""
+    from edgemeta.boards import list_boards
+
+    for b in list_boards():
+        click.echo(f"{b.name:<18} {b.arch:<8} {b.ram_mb:>6} MB  python {b.python:<5} {b.runtime:<16} {b.title}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--board", required=True, help="Board profile name (see 'edgemeta boards').")
+def check(bundle: str, board: str) -> None:
+    """Say whether, and why, a bundle fits a board. Exit status 1 if it does not."""
+    from edgemeta.boards import check_bundle, get_board
+    from edgemeta.bundle import read_bundle
+
+    result = check_bundle(read_bundle(bundle).manifest, get_board(board))
+    for c in result.checks:
+        click.echo(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+    click.echo(result.summary())
+    if not result.fits:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--to", "url", required=True, help="Where to flash: dir:PATH (a board home or SD card).")
+@click.option("--board", default=None, help="Check compatibility with this board profile first.")
+def flash(bundle: str, url: str, board: str | None) -> None:
+    """Install a bundle on a board: verified, switched atomically, previous version kept."""
+    from firmware_bridge import flash as do_flash
+
+    r = do_flash(bundle, url, board=board)
+    if r.changed:
+        click.echo(f"installed {r.version} at {r.path} (previous: {r.previous_version or 'none'})")
+    else:
+        click.echo(f"{r.version} is already installed and current at {r.path}")
+
+
+# ---------------------------------------------------------------- board side
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("label")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def enroll(model: str, label: str, images: tuple[str, ...]) -> None:
+    """Enroll LABEL from IMAGES on a board home (saved there) or a bundle (not saved)."""
+    from edgemeta.runtime import FewShotClassifier
+
+    clf = FewShotClassifier.load(model)
+    n = clf.enroll(label, list(images))
+    if clf.home is not None:
+        clf.save()
+    click.echo(f"{label}: {n} examples; enrolled: {', '.join(clf.labels)}")
+
+
+@cli.command()
+@click.argument("home", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+def classify(home: str, images: tuple[str, ...], as_json: bool) -> None:
+    """Classify IMAGES with the classes enrolled on a board home."""
+    from edgemeta.runtime import FewShotClassifier
+
+    preds = FewShotClassifier.load(home).classify(list(images))
+    for path, p in zip(images, preds):
+        click.echo(json.dumps({"file": path, "label": p.label, "score": round(p.score, 4)})
+                   if as_json else f"{path}: {p.label} ({p.score:.3f})")
+
+
+@cli.group()
+def device() -> None:
+    """Run on the board."""
+
+
+@device.command("run")
+@click.option("--home", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--id", "device_id", required=True, help="This board's device id.")
+@click.option("--broker", default=None, help="mqtt://HOST:PORT to report to (optional).")
+@click.option("--fleet", default="default", show_default=True)
+@click.option("--board", default=None, help="Board profile name, reported in the birth message.")
+@click.option("--interval", default=5.0, show_default=True, help="Telemetry period in seconds.")
+@click.option("--poll", default=1.0, show_default=True, help="Inbox poll period in seconds.")
+@click.option("--once", is_flag=True, help="Process the inbox once, report, and exit.")
+@click.option("--duration", type=float, default=None, help="Exit after this many seconds.")
+def device_run(home: str, device_id: str, broker: str | None, fleet: str, board: str | None,
+               interval: float, poll: float, once: bool, duration: float | None) -> None:
+    """The device agent: load the current bundle, enroll/classify the inbox, report over MQTT."""
+    from edgemeta.agent import DeviceAgent
+
+    agent = DeviceAgent(home, device_id, broker_url=broker, fleet=fleet, interval_s=interval,
+                        board=board)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    click.echo(f"{device_id}: model {agent.classifier.manifest.version} on "
+               f"{agent.classifier.backend}, {len(agent.classifier.labels)} classes enrolled")
+    try:
+        agent.run(poll_s=poll, duration_s=duration, once=once)
+    except KeyboardInterrupt:
+        agent.stop()
+    click.echo(f"{device_id}: stopped after {agent.latency.count} classifications")
+
+
+# ---------------------------------------------------------------- fleet
+@cli.group()
+def fleet() -> None:
+    """Watch the fleet from the host."""
+
+
+@fleet.command("watch")
+@click.option("--broker", required=True, help="mqtt://HOST:PORT")
+@click.option("--fleet", "pattern", default="+", show_default=True, help="Fleet name or '+' for all.")
+@click.option("--refresh", default=1.0, show_default=True)
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def fleet_watch(broker: str, pattern: str, refresh: float, duration: float | None) -> None:
+    """A live table of the fleet (Ctrl-C to stop)."""
+    from rich.console import Console
+
+    from edgemeta.fleet import FleetMonitor, watch
+
+    with FleetMonitor(broker, fleet_pattern=pattern) as monitor:
+        watch(monitor, Console(), refresh_s=refresh, duration_s=duration)
+
+
+@fleet.command("status")
+@click.option("--broker", required=True, help="mqtt://HOST:PORT")
+@click.option("--fleet", "pattern", default="+", show_default=True)
+@click.option("--wait", default=2.0, show_default=True,
+              help="Seconds to collect retained and live messages before answering.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fleet_status(broker: str, pattern: str, wait: float, as_json: bool) -> None:
+    """The fleet's state once, as a table or JSON."""
+    import time
+
+    from rich.console import Console
+
+    from edgemeta.fleet import FleetMonitor
+
+    with FleetMonitor(broker, fleet_pattern=pattern) as monitor:
+        time.sleep(max(0.0, wait))
+        if as_json:
+            click.echo(json.dumps(monitor.status_dict(), indent=2, sort_keys=True))
+        else:
+            Console().print(monitor.render_table(monitor.snapshot()))
+
+
+# ---------------------------------------------------------------- demo
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="edgemeta-demo",
+              show_default=True, help="Where the demo writes its artefacts.")
+@click.option("--broker", "broker_kind", type=click.Choice(["auto", "mosquitto", "embedded"]),
+              default="auto", show_default=True)
+@click.option("--quick", is_flag=True, help="Tiny scale (for tests): fewer classes and episodes.")
+def demo(out_dir: str, broker_kind: str, quick: bool) -> None:
+    """The whole path on generated data: train → int8 → bundle → flash 3 boards → enroll → monitor."""
+    from edgemeta.demo import DemoConfig, run_demo
+
+    run_demo(Path(out_dir), DemoConfig.quick() if quick else DemoConfig(), broker_kind=broker_kind)
+
+
+def main() -> None:
+    cli(prog_name="edgemeta")
+
+
+if __name__ == "__main__":
+    main()

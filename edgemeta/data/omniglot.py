@@ -1,0 +1,313 @@
+"""Loaders for image folders and for Omniglot (folders or the original zips, read in place).
+
+Both loaders decode every image to 8-bit grayscale ("L") and stack them into one
+:class:`ImageClassDataset`. Listing order is sorted, so the same files always give the same labels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from edgemeta.data.dataset import ImageClassDataset
+from edgemeta.errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "load_image_folder", "load_omniglot"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_OMNIGLOT_LAYOUT = "<alphabet>/<character>/<drawing>.png"
+_FOLDER_LAYOUT = "<class>/<image>.png (or .jpg/.jpeg/.bmp)"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A file or folder inside a source, as path parts relative to the source root."""
+
+    parts: tuple[str, ...]
+    is_dir: bool
+
+
+class _Source:
+    """A folder or a zip archive, listed and read through the same two methods."""
+
+    def __init__(self, path: Path, zf: zipfile.ZipFile | None, max_depth: int) -> None:
+        self.path = path
+        self._zip = zf
+        self._max_depth = max_depth
+
+    def entries(self) -> Iterator[_Entry]:
+        if self._zip is not None:
+            for info in self._zip.infolist():
+                parts = tuple(p for p in PurePosixPath(info.filename).parts if p not in ("", "/"))
+                if parts and not _ignored(parts):
+                    yield _Entry(parts, info.is_dir())
+            return
+        root = str(self.path)
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel = Path(dirpath).relative_to(self.path).parts
+            # Don't wander into an unrelated tree (someone passing their home directory).
+            dirnames[:] = [] if len(rel) + 1 > self._max_depth else sorted(dirnames)
+            if rel and not _ignored(rel):
+                yield _Entry(rel, True)
+            for f in filenames:
+                if not _ignored(rel + (f,)):
+                    yield _Entry(rel + (f,), False)
+
+    def read(self, parts: tuple[str, ...]) -> bytes:
+        if self._zip is not None:
+            return self._zip.read("/".join(parts))
+        return self.path.joinpath(*parts).read_bytes()
+
+    def describe(self, parts: tuple[str, ...]) -> str:
+        return f"{self.path}:{'/'.join(parts)}" if self._zip else str(self.path.joinpath(*parts))
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _ignored(parts: tuple[str, ...]) -> bool:
+    # macOS and Windows litter archives with these; they are never part of a dataset.
+    return any(p.startswith(".") or p == "__MACOSX" or p == "Thumbs.db" for p in parts)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _open_source(path: PathLike, *, allow_zip: bool, max_depth: int, what: str) -> _Source:
+    p = Path(os.fspath(path)).expanduser()
+    if p.is_dir():
+        return _Source(p, None, max_depth)
+    if not p.exists():
+        raise DataError(f"{what} {p} does not exist; expected a folder" + (
+            " or a .zip" if allow_zip else ""))
+    if not allow_zip:
+        raise DataError(f"{what} {p} is not a folder; expected a folder laid out as {_FOLDER_LAYOUT}")
+    try:
+        zf = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{what} {p} is neither a folder nor a readable .zip archive ({exc})") from exc
+    return _Source(p, zf, max_depth)
+
+
+def _decode(data: bytes, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("L")  # convert() forces a full decode, so truncation shows here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {where}: {exc}; expected a valid PNG/JPEG/BMP file") from exc
+
+
+def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"size must be (height, width), got {size!r}") from exc
+    if h < 1 or w < 1:
+        raise DataError(f"size must be (height, width) with both > 0, got {size!r}")
+    return h, w
+
+
+def _stack(
+    files: Sequence[tuple[_Source, tuple[str, ...], int]], size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``(source, parts, label)`` triples into one uint8 array and their labels."""
+    images: np.ndarray | None = None
+    first_where = ""
+    for i, (src, parts, _) in enumerate(files):
+        where = src.describe(parts)
+        try:
+            data = src.read(parts)
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read {where}: {exc}") from exc
+        im = _decode(data, where)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+        if images is None:
+            images = np.empty((len(files),) + arr.shape, dtype=np.uint8)
+            first_where = where
+        elif arr.shape != images.shape[1:]:
+            raise DataError(
+                f"images differ in size: {where} is {arr.shape[1]}x{arr.shape[0]} but "
+                f"{first_where} is {images.shape[2]}x{images.shape[1]} (width x height); "
+                "pass size=(height, width) to resize them all"
+            )
+        images[i] = arr
+    assert images is not None  # callers never pass an empty list
+    return images, np.array([label for _, _, label in files], dtype=np.int64)
+
+
+def load_image_folder(
+    path: PathLike, size: tuple[int, int] | None = None, name: str | None = None
+) -> ImageClassDataset:
+    """Load a folder with one subfolder of images per class.
+
+    Layout: ``<path>/<class>/*.png`` (also ``.jpg``, ``.jpeg``, ``.bmp``). Classes and files are
+    sorted by name; hidden files and non-image files are ignored. Images become grayscale.
+
+    Args:
+        path: The folder.
+        size: ``(height, width)`` to resize every image to (Pillow bilinear). Without it all
+            images must already share one size.
+        name: Dataset name; defaults to the folder's name.
+
+    Returns:
+        A dataset whose class names are the subfolder names and whose class groups are ``""``.
+
+    Raises:
+        DataError: Missing folder, wrong layout, a class without images, an unreadable image,
+            or mixed image sizes without ``size``.
+    """
+    size = _check_size(size)
+    src = _open_source(path, allow_zip=False, max_depth=3, what="image folder")
+    classes: dict[str, list[str]] = {}
+    nested: set[str] = set()
+    stray: list[str] = []
+    for e in src.entries():
+        if e.is_dir:
+            if len(e.parts) == 1:
+                classes.setdefault(e.parts[0], [])
+            else:
+                nested.add(e.parts[0])
+        elif _is_image(e.parts[-1]):
+            if len(e.parts) == 2:
+                classes.setdefault(e.parts[0], []).append(e.parts[1])
+            elif len(e.parts) == 1:
+                stray.append(e.parts[0])
+    if stray:
+        raise DataError(
+            f"image folder {src.path} has images directly inside it (e.g. {sorted(stray)[0]!r}); "
+            f"expected {_FOLDER_LAYOUT}, one subfolder per class"
+        )
+    if not classes:
+        raise DataError(f"image folder {src.path} has no class subfolders; expected {_FOLDER_LAYOUT}")
+    files: list[tuple[_Source, tuple[str, ...], int]] = []
+    for label, cls in enumerate(sorted(classes)):
+        if not classes[cls]:
+            hint = (
+                "; it only has subfolders (an Omniglot-style <alphabet>/<character> tree? "
+                "use load_omniglot)" if cls in nested else ""
+            )
+            raise DataError(
+                f"class folder {src.path / cls} has no images{hint}; expected {_FOLDER_LAYOUT}"
+            )
+        files.extend((src, (cls, f), label) for f in sorted(classes[cls]))
+    images, labels = _stack(files, size)
+    names = tuple(sorted(classes))
+    return ImageClassDataset(images, labels, names, ("",) * len(names), name or src.path.name)
+
+
+def _omniglot_classes(src: _Source) -> dict[tuple[str, str], list[tuple[str, ...]]]:
+    """Map ``(alphabet, character)`` to the full entry parts of its images, for one source."""
+    entries = list(src.entries())
+    images = [e.parts for e in entries if not e.is_dir and _is_image(e.parts[-1])]
+    if not images:
+        raise DataError(f"Omniglot source {src.path} holds no images; expected {_OMNIGLOT_LAYOUT}")
+    depths = {len(p) for p in images}
+    tops = {p[0] for p in images}
+    if depths == {4} and len(tops) == 1:
+        skip = 1  # the zips wrap everything in one folder, e.g. images_background_small1/
+    elif depths == {3}:
+        skip = 0
+    else:
+        expected = 4 if max(depths) == 4 and len(tops) == 1 else 3
+        odd = sorted(p for p in images if len(p) != expected)
+        example = "/".join(odd[0]) if odd else "/".join(sorted(images)[0])
+        why = (
+            f"found several top-level folders {sorted(tops)[:4]}; pass each as its own source"
+            if depths == {4}
+            else f"'{example}' is not at that depth"
+        )
+        raise DataError(
+            f"Omniglot source {src.path} is not laid out as {_OMNIGLOT_LAYOUT} (optionally under "
+            f"one top-level folder): {why}"
+        )
+    classes: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for e in entries:
+        rel = e.parts[skip:]
+        if e.is_dir and len(rel) == 2:
+            classes.setdefault((rel[0], rel[1]), [])
+        elif not e.is_dir and len(rel) == 3 and _is_image(rel[2]):
+            classes.setdefault((rel[0], rel[1]), []).append(e.parts)
+    for (alphabet, character), files in classes.items():
+        if not files:
+            raise DataError(
+                f"Omniglot character {alphabet}/{character} in {src.path} has no images; "
+                f"expected {_OMNIGLOT_LAYOUT}"
+            )
+    return classes
+
+
+def load_omniglot(
+    sources: PathLike | Sequence[PathLike],
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> ImageClassDataset:
+    """Load Omniglot from one or more folders or zip archives (read in place, never extracted).
+
+    Each source is laid out as ``<alphabet>/<character>/*.png``, possibly under one top-level
+    folder (as in the official ``images_background.zip``). An alphabet found in several sources
+    is taken from the first source only, so overlapping archives (the two ``*_small`` zips both
+    hold Greek and Latin) do not duplicate classes.
+
+    Args:
+        sources: A path, or a sequence of paths, to folders or ``.zip`` files.
+        size: ``(height, width)`` to resize every drawing to (Pillow bilinear); by default the
+            drawings must share one size (105x105 in Omniglot).
+        name: Dataset name; defaults to the source names joined with ``+``.
+
+    Returns:
+        A dataset with classes sorted by ``"<alphabet>/<character>"`` name, class groups the
+        alphabets, and drawings of a character in file-name order.
+
+    Raises:
+        DataError: Missing source, unreadable zip, wrong layout, an empty character folder, an
+            unreadable image, or mixed sizes without ``size``.
+    """
+    size = _check_size(size)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    paths = list(sources)
+    if not paths:
+        raise DataError("load_omniglot needs at least one source folder or .zip, got none")
+    opened: list[_Source] = []
+    try:
+        found: dict[tuple[str, str], tuple[_Source, list[tuple[str, ...]]]] = {}
+        for path in paths:
+            src = _open_source(path, allow_zip=True, max_depth=4, what="Omniglot source")
+            opened.append(src)
+            classes = _omniglot_classes(src)
+            seen = {alphabet for alphabet, _ in found}
+            for key, files in classes.items():
+                if key[0] not in seen:
+                    found[key] = (src, files)
+        keys = sorted(found)
+        files: list[tuple[_Source, tuple[str, ...], int]] = []
+        for label, key in enumerate(keys):
+            src, drawings = found[key]
+            files.extend((src, parts, label) for parts in sorted(drawings))
+        images, labels = _stack(files, size)
+    finally:
+        for src in opened:
+            src.close()
+    default_name = "+".join(Path(os.fspath(p)).name.removesuffix(".zip") for p in paths)
+    return ImageClassDataset(
+        images,
+        labels,
+        tuple(f"{a}/{c}" for a, c in keys),
+        tuple(a for a, _ in keys),
+        name or default_name,
+    )

@@ -1,0 +1,46 @@
+"""Fleet telemetry over MQTT: schema, board-side reporter, host-side monitor, local broker.
+
+Board-side code: imports neither TensorFlow nor amqtt (the embedded broker loads amqtt lazily).
+See docs/telemetry.md for topics, payloads and the birth/death lifecycle.
+"""
+
+from edgemeta.fleet.broker import Broker, free_port, start_broker
+from edgemeta.fleet.monitor import DeviceState, FleetMonitor
+from edgemeta.fleet.reporter import DeviceReporter, DeviceStatus
+from edgemeta.fleet.schema import (
+    KINDS,
+    MAX_PAYLOAD_BYTES,
+    SCHEMA_VERSION,
+    Birth,
+    Death,
+    Telemetry,
+    TopicParts,
+    decode,
+    parse_topic,
+    topic,
+    topic_filter,
+)
+from edgemeta.fleet.view import render_table, watch
+
+__all__ = [
+    "KINDS",
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "Birth",
+    "Broker",
+    "Death",
+    "DeviceReporter",
+    "DeviceState",
+    "DeviceStatus",
+    "FleetMonitor",
+    "Telemetry",
+    "TopicParts",
+    "decode",
+    "free_port",
+    "parse_topic",
+    "render_table",
+    "start_broker",
+    "topic",
+    "topic_filter",
+    "watch",
+]

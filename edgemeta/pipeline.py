@@ -1,0 +1,117 @@
+"""Host-side orchestration shared by the CLI and the demo: data source → train → int8 → bundle.
+
+Host only (needs ``edgemeta[host]``). Each step is one call into the stage packages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+from edgemeta.bundle import Bundle, Preprocessing, Provenance, read_bundle
+from edgemeta.data import EpisodeSampler, ImageClassDataset, load_image_folder, load_omniglot, make_glyph_dataset
+from edgemeta.errors import DataError
+from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_protonet
+from edgemeta.quantize import QuantReport, compare_float_int8, convert_float, convert_int8, export_bundle
+from edgemeta.quantize import representative_sample
+
+__all__ = ["DataSplit", "load_source", "split_source", "train_run", "bundle_run", "load_run"]
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Where the data came from and which classes are held out (unseen) for evaluation."""
+
+    source: str
+    test_fraction: float = 0.3
+    seed: int = 0
+
+
+def load_source(source: str) -> ImageClassDataset:
+    """``synthetic[:N_CLASSES]``, an Omniglot-layout folder or zip, or a ``<class>/*.png`` folder."""
+    if source == "synthetic" or source.startswith("synthetic:"):
+        n = int(source.split(":", 1)[1]) if ":" in source else 300
+        return make_glyph_dataset(n_classes=n, seed=0)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data source {source!r} does not exist; expected 'synthetic[:N]', an "
+                        "Omniglot-layout folder or zip, or a <class>/*.png folder")
+    if path.suffix == ".zip":
+        return load_omniglot(path)
+    try:
+        return load_omniglot(path)
+    except DataError:
+        return load_image_folder(path)
+
+
+def split_source(split: DataSplit) -> tuple[ImageClassDataset, ImageClassDataset]:
+    """(train classes, unseen classes), deterministic for the split's seed."""
+    return load_source(split.source).split_classes(1.0 - split.test_fraction, seed=split.seed)
+
+
+def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
+              preprocessing: Preprocessing = Preprocessing(), progress: bool = True
+              ) -> tuple[TrainResult, dict[str, Path]]:
+    """Train on the split's training classes, validating on its unseen ones; save to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = split_source(split)
+    train_x = preprocess_dataset(train, preprocessing)
+    test_x = preprocess_dataset(test, preprocessing)
+    result = train_protonet(train_x, train, config, val_x=test_x, val=test, progress=progress,
+                            log_path=out / "train_log.jsonl")
+    paths = save_training(result, out)
+    meta = {"split": asdict(split), "preprocessing": asdict(preprocessing),
+            "dataset": train.name, "train_classes": train.num_classes,
+            "test_classes": test.num_classes}
+    (out / "run.json").write_text(json.dumps(meta, indent=2))
+    paths["run"] = out / "run.json"
+    return result, paths
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preprocessing, dict]:
+    """Reload a saved run: Keras model, config, split and preprocessing."""
+    from edgemeta._deps import require
+
+    keras = require("keras", "loading a trained model")
+    run = Path(run_dir)
+    if not (run / "model.keras").is_file() or not (run / "run.json").is_file():
+        raise DataError(f"{run} is not a training run; expected model.keras and run.json "
+                        "written by 'edgemeta train'")
+    meta = json.loads((run / "run.json").read_text())
+    config = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+    pre = dict(meta["preprocessing"])
+    pre["size"] = tuple(pre["size"])
+    return (keras.models.load_model(run / "model.keras"), config, DataSplit(**meta["split"]),
+            Preprocessing(**pre), meta)
+
+
+def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing: Preprocessing,
+               out_path: str | Path, *, name: str, version: str, eval_way: int = 5,
+               eval_shot: int = 1, eval_query: int = 5, eval_episodes: int = 300,
+               dataset_name: str = "") -> tuple[Bundle, QuantReport]:
+    """Convert to int8 (calibrated on training images), score float vs int8, write the bundle.
+
+    The accuracies written into the bundle's provenance are the ones just measured on identical
+    unseen-class episodes.
+    """
+    train, test = split_source(split)
+    train_x = preprocess_dataset(train, preprocessing)
+    int8 = convert_int8(model, representative_sample(train_x, 300, seed=split.seed))
+    float_bytes = len(convert_float(model))
+    provenance = Provenance(algorithm=config.algorithm, n_way=config.n_way, k_shot=config.k_shot,
+                            dataset=dataset_name or train.name, episodes=config.episodes,
+                            extra={"train": asdict(config), "split": asdict(split)})
+    fields = dict(name=name, version=version, preprocessing=preprocessing)
+    # Pack once to score through the real board path, then again with the measured accuracy.
+    draft = export_bundle(int8, out_path, provenance=provenance, **fields)
+    episodes = EpisodeSampler(test, eval_way, eval_shot, eval_query, seed=split.seed + 7).take(eval_episodes)
+    report = compare_float_int8(model, preprocess_dataset(test, preprocessing), read_bundle(draft),
+                                test, episodes, float_bytes=float_bytes)
+    provenance = Provenance(**{**asdict(provenance), "float_accuracy": report.float_accuracy.mean,
+                               "int8_accuracy": report.int8_accuracy.mean})
+    path = export_bundle(int8, out_path, provenance=provenance, **fields)
+    return read_bundle(path), report

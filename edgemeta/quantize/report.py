@@ -1,0 +1,81 @@
+"""Float vs int8 few-shot accuracy on identical episodes.
+
+The int8 side runs exactly as a board does: ``FewShotClassifier`` on raw images, preprocessing
+from the manifest, enroll the support set, classify the queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgemeta.bundle import Bundle
+from edgemeta.data import Episode, ImageClassDataset
+from edgemeta.meta.evaluate import Accuracy, embed_float, episode_accuracies, summarize
+from edgemeta.runtime.classifier import FewShotClassifier
+
+__all__ = ["QuantReport", "int8_episode_accuracies", "compare_float_int8"]
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    n_way: int
+    k_shot: int
+    float_accuracy: Accuracy
+    int8_accuracy: Accuracy
+    float_bytes: int | None
+    int8_bytes: int
+
+    @property
+    def drop_points(self) -> float:
+        """Float minus int8 accuracy in percentage points."""
+        return 100.0 * (self.float_accuracy.mean - self.int8_accuracy.mean)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.n_way}-way {self.k_shot}-shot on unseen classes, "
+               f"{self.int8_accuracy.episodes} identical episodes:",
+               f"  float : {self.float_accuracy}",
+               f"  int8  : {self.int8_accuracy}   (float - int8 = {self.drop_points:+.2f} points)"]
+        size = f"  size  : int8 .tflite {self.int8_bytes / 1024:.1f} KiB"
+        if self.float_bytes:
+            size += f", float .tflite {self.float_bytes / 1024:.1f} KiB " \
+                    f"({self.float_bytes / self.int8_bytes:.1f}x larger)"
+        out.append(size)
+        return out
+
+
+def int8_episode_accuracies(bundle: Bundle, dataset: ImageClassDataset, episodes: Sequence[Episode],
+                            backend: str | None = None) -> list[float]:
+    """Per-episode accuracy of the int8 bundle through the board runtime."""
+    clf = FewShotClassifier(bundle, backend=backend)
+    accs = []
+    for ep in episodes:
+        for label in list(clf.labels):
+            clf.forget(label)
+        for c in range(ep.support.shape[0]):
+            clf.enroll(f"c{c}", dataset.images[ep.support[c]])
+        preds = clf.classify(dataset.images[ep.query.reshape(-1)])
+        truth = np.repeat([f"c{c}" for c in range(ep.query.shape[0])], ep.query.shape[1])
+        accs.append(float(np.mean([p.label == t for p, t in zip(preds, truth)])))
+    return accs
+
+
+def compare_float_int8(model: Any, x: np.ndarray, bundle: Bundle, dataset: ImageClassDataset,
+                       episodes: Sequence[Episode], float_bytes: int | None = None,
+                       backend: str | None = None) -> QuantReport:
+    """Score the Keras model and the int8 bundle on the same episodes of ``dataset``.
+
+    Args:
+        model: The float Keras embedding network.
+        x: ``dataset`` preprocessed with the bundle's preprocessing (for the float model).
+        bundle: The int8 bundle.
+        dataset: Unseen classes, raw images (for the board runtime).
+        episodes: The episodes both are scored on.
+    """
+    float_accs = episode_accuracies(embed_float(model, x), episodes, bundle.manifest.distance)
+    int8_accs = int8_episode_accuracies(bundle, dataset, episodes, backend)
+    n_way, k_shot = episodes[0].support.shape
+    return QuantReport(int(n_way), int(k_shot), summarize(float_accs), summarize(int8_accs),
+                       float_bytes, len(bundle.model))

@@ -1,0 +1,110 @@
+"""FewShotClassifier: load a bundle, enroll classes from a few examples, classify."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgemeta.bundle import BoardHome, Bundle, Manifest, read_bundle
+from edgemeta.errors import InputError, StateError
+from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.preprocess import ImageLike, preprocess_batch
+from edgemeta.runtime.prototypes import Prediction, PrototypeStore
+
+__all__ = ["FewShotClassifier"]
+
+log = logging.getLogger(__name__)
+
+
+class FewShotClassifier:
+    """Few-shot classification on the board: enroll by prototype updates, classify by distance.
+
+    Example::
+
+        clf = FewShotClassifier.load("model.edgemeta")   # or a board home directory
+        clf.enroll("cat", ["cat1.png", "cat2.png"])
+        clf.classify(["query.png"])                       # [Prediction(label='cat', score=0.97)]
+    """
+
+    def __init__(self, bundle: Bundle, *, backend: str | None = None, num_threads: int = 1,
+                 home: BoardHome | None = None) -> None:
+        self.bundle = bundle
+        self.embedder = Embedder(bundle, backend=backend, num_threads=num_threads)
+        self.home = home
+        m = bundle.manifest
+        self.store = PrototypeStore(m.embedding_dim, m.model_sha256, m.distance)
+        if home is not None and home.prototypes_path.exists():
+            self._restore(home.prototypes_path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, backend: str | None = None,
+             num_threads: int = 1) -> "FewShotClassifier":
+        """Load from a bundle file, or from a board home (its current bundle and saved prototypes)."""
+        p = Path(path)
+        if p.is_dir():
+            home = BoardHome.at(p)
+            return cls(read_bundle(home.current_bundle()), backend=backend,
+                       num_threads=num_threads, home=home)
+        return cls(read_bundle(p), backend=backend, num_threads=num_threads)
+
+    def _restore(self, path: Path) -> None:
+        stored = PrototypeStore.load(path, self.manifest.distance)
+        if stored.model_sha256 != self.manifest.model_sha256:
+            # Prototypes from another model live in another embedding space: never mix them.
+            # The file is left in place (nothing is lost); re-enroll or re-embed to migrate.
+            log.warning("ignoring %s: it was learned with model %s..., current model is %s...",
+                        path, stored.model_sha256[:12], self.manifest.model_sha256[:12])
+            return
+        if stored.embedding_dim != self.manifest.embedding_dim:
+            raise StateError(f"{path} holds {stored.embedding_dim}-d prototypes; "
+                             f"expected {self.manifest.embedding_dim}-d")
+        self.store = stored
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def backend(self) -> str:
+        return self.embedder.backend
+
+    @property
+    def labels(self) -> list[str]:
+        """Enrolled labels, in enrollment order."""
+        return self.store.labels
+
+    def embed(self, images: Iterable[ImageLike] | np.ndarray) -> np.ndarray:
+        """Preprocess per the manifest and embed; returns (N, D) float32."""
+        x = preprocess_batch(images, self.manifest.input.preprocessing)
+        if len(x) == 0:
+            raise InputError("no images given; expected at least one image")
+        return self.embedder.embed(x)
+
+    def enroll(self, label: str, images: Sequence[ImageLike] | np.ndarray) -> int:
+        """Add examples of ``label`` (new or existing); returns how many examples it now has."""
+        if not isinstance(label, str) or not label.strip():
+            raise InputError(f"a label must be a non-empty string, got {label!r}")
+        self.store.update(label, self.embed(images))
+        return self.store.count(label)
+
+    def classify(self, images: Sequence[ImageLike] | np.ndarray) -> list[Prediction]:
+        """Predictions in input order."""
+        if not self.labels:
+            raise InputError("no classes are enrolled; call enroll(label, images) first")
+        return self.store.classify(self.embed(images))
+
+    def forget(self, label: str) -> None:
+        """Remove an enrolled class."""
+        self.store.forget(label)
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Persist what was learned, crash-safely; default: the board home's state file."""
+        if path is None:
+            if self.home is None:
+                raise InputError("save() needs a path when the classifier was not loaded from a board home")
+            path = self.home.prototypes_path
+        return self.store.save(path)

@@ -1,0 +1,138 @@
+"""Preprocessing, defined once and driven by the manifest.
+
+The host calls :func:`preprocess_batch` on its training and evaluation images and the board calls
+the same function on what it enrolls and classifies, so the board sees exactly what training saw.
+Only numpy and Pillow are used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgemeta.bundle.manifest import Preprocessing
+from edgemeta.errors import InputError
+
+__all__ = ["ImageLike", "load_image", "to_uint8_image", "preprocess", "preprocess_batch",
+           "quantize_input"]
+
+ImageLike = Union[str, os.PathLike, np.ndarray]
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file into a uint8 array (HxW for grayscale, HxWx3 for colour).
+
+    Raises:
+        InputError: the file is missing or is not an image Pillow can read.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"image file {p} does not exist; expected a path to a PNG/JPEG/BMP image")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            if img.mode in ("L", "RGB"):
+                return np.asarray(img, dtype=np.uint8)
+            if img.mode in ("1", "P", "I;16", "I", "F", "LA"):
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+            return np.asarray(_flatten_alpha(img), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"{p} is not a readable image ({exc}); expected a PNG/JPEG/BMP file") from exc
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    # Transparent pixels become white paper, which is what a drawn glyph sits on.
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_uint8_image(image: ImageLike) -> np.ndarray:
+    """Validate an image given as a path or array; return a uint8 HxW or HxWx3 array.
+
+    Accepts uint8 arrays HxW, HxWx1, HxWx3 or HxWx4 (alpha is composited onto white).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if not isinstance(image, np.ndarray):
+        raise InputError(
+            f"an image must be a file path or a uint8 numpy array, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise InputError(
+            f"image array has dtype {image.dtype}; expected uint8 (0-255) of shape HxW or HxWxC"
+        )
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = np.asarray(_flatten_alpha(Image.fromarray(image, "RGBA")))
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise InputError(
+            f"image array has shape {image.shape}; expected HxW (grayscale) or HxWxC with C in 1, 3, 4"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image array has shape {image.shape}; expected a non-empty image")
+    return image
+
+
+def preprocess(image: ImageLike, spec: Preprocessing) -> np.ndarray:
+    """Turn one image into the float32 HxWxC network input described by ``spec``."""
+    arr = to_uint8_image(image)
+    mode = "L" if arr.ndim == 2 else "RGB"
+    img = Image.fromarray(arr, mode)
+    if spec.channels == 1 and mode != "L":
+        img = img.convert("L")
+    elif spec.channels == 3 and mode != "RGB":
+        img = img.convert("RGB")
+    height, width = spec.size
+    if img.size != (width, height):
+        img = img.resize((width, height), _RESAMPLE[spec.resample])
+    out = np.asarray(img, dtype=np.float32) * np.float32(spec.scale)
+    if spec.invert:
+        out = np.float32(255.0 * spec.scale) - out
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def preprocess_batch(images: Iterable[ImageLike] | np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Preprocess many images into one float32 array of shape (N, H, W, C).
+
+    A uint8 array of shape (N, H, W) or (N, H, W, C) is taken as N images.
+    """
+    items: Sequence[ImageLike]
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            raise InputError(
+                f"a batch array must have shape (N, H, W) or (N, H, W, C), got {images.shape}; "
+                "pass a list to give single images"
+            )
+        items = list(images)
+    elif isinstance(images, (str, os.PathLike)):
+        raise InputError("expected a list of images, got a single path; wrap it in a list")
+    else:
+        items = list(images)
+    height, width = spec.size
+    out = np.empty((len(items), height, width, spec.channels), dtype=np.float32)
+    for i, item in enumerate(items):
+        out[i] = preprocess(item, spec)
+    return out
+
+
+def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
+    """Quantise float input to the model's integer input type (round half away, saturate)."""
+    info = np.iinfo(np.dtype(dtype))
+    q = np.round(x / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)

@@ -1,0 +1,409 @@
+"""Installing a bundle into a board home, atomically, with one-step rollback.
+
+The invariant: whatever fails (a bad bundle, a full card, a crash), ``current`` keeps naming a
+complete, verified model, and no half-written file is left behind.
+
+Beside ``current`` (owned by :class:`edgemeta.bundle.BoardHome`) the home gets one more small
+pointer file, ``previous``, naming the version that was current before the last switch; rollback
+and pruning rely on it because directory modification times are too coarse on FAT (2 s) to order
+installs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+from edgemeta.boards import check_bundle, get_board
+from edgemeta.bundle import (
+    MAX_BUNDLE_BYTES,
+    BoardHome,
+    Bundle,
+    Manifest,
+    atomic_write_bytes,
+    read_bundle,
+    sha256_hex,
+    validate_version,
+)
+from edgemeta.errors import BoardError, BundleError, FlashError
+
+try:  # advisory locking so two installs into one home cannot interleave; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["InstallResult", "PREVIOUS_POINTER", "install_bundle", "installed", "preflight",
+           "rollback"]
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_POINTER = "previous"
+# Names atomic_write_bytes gives its temporary files; left behind only if a process was killed.
+_TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What an install did.
+
+    Attributes:
+        version: The version now current.
+        previous_version: The version :func:`rollback` would return to (None if there is none).
+        path: The installed bundle inside the home.
+        changed: False if the same bundle was already installed and current (nothing was done).
+        pruned: Old versions removed to respect ``keep``.
+    """
+
+    version: str
+    previous_version: str | None
+    path: Path
+    changed: bool
+    pruned: tuple[str, ...] = ()
+
+
+def _as_home(home: BoardHome | str | os.PathLike[str]) -> BoardHome:
+    return home if isinstance(home, BoardHome) else BoardHome.at(home)
+
+
+def _read_source(bundle_path: str | os.PathLike[str]) -> bytes:
+    src = Path(bundle_path)
+    try:
+        size = src.stat().st_size
+        if not src.is_file():
+            raise FlashError(f"cannot install {src}: it is not a file; expected a .edgemeta bundle")
+        if size > MAX_BUNDLE_BYTES:
+            raise FlashError(f"cannot install {src}: it is {size} bytes; at most "
+                             f"{MAX_BUNDLE_BYTES} expected for a bundle")
+        return src.read_bytes()
+    except FileNotFoundError:
+        raise FlashError(f"cannot install {src}: no such file; expected a .edgemeta bundle") from None
+    except OSError as exc:
+        raise FlashError(f"cannot install {src}: cannot read it ({exc})") from exc
+
+
+def preflight(bundle_path: str | os.PathLike[str], board: str | None = None) -> Bundle:
+    """Read and verify a bundle and, if ``board`` is given, check that it fits that board.
+
+    Args:
+        bundle_path: A ``.edgemeta`` file.
+        board: A board profile name (e.g. ``"rpi-4b"``), or None to skip the board check.
+
+    Returns:
+        The verified bundle.
+
+    Raises:
+        FlashError: the bundle is missing, damaged or tampered with, the board is unknown, or the
+            bundle does not fit the board. The message keeps the underlying cause's message.
+    """
+    bundle, _ = _load(bundle_path, board)
+    return bundle
+
+
+def _load(bundle_path: str | os.PathLike[str], board: str | None) -> tuple[Bundle, bytes]:
+    data = _read_source(bundle_path)
+    try:
+        bundle = read_bundle(data)
+    except BundleError as exc:
+        raise FlashError(f"cannot install {bundle_path}: {exc}; nothing was changed") from exc
+    if board is not None:
+        try:
+            compat = check_bundle(bundle.manifest, get_board(board))
+        except BoardError as exc:
+            raise FlashError(f"cannot install {bundle_path}: {exc}") from exc
+        if not compat.fits:
+            raise FlashError(f"cannot install {bundle_path} (version {bundle.version}): bundle "
+                             f"{compat.summary()}; nothing was changed")
+    return bundle, data
+
+
+def _prepare_home(home: BoardHome) -> None:
+    root = home.root
+    if root.is_dir():
+        return
+    if root.exists():
+        raise FlashError(f"board home {root} is not a directory; expected a folder (or an SD card "
+                         "mount point)")
+    # Create the home itself but never its parents: a typo in the path should not silently build a
+    # directory tree somewhere the user did not mean.
+    if not root.parent.is_dir():
+        raise FlashError(f"board home {root} does not exist and neither does its parent "
+                         f"{root.parent}; create it or check the path")
+    try:
+        root.mkdir()
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise FlashError(f"cannot create board home {root}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _locked(home: BoardHome) -> Iterator[None]:
+    # flock on the home directory itself, so no lock file is ever left in the home.
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(home.root, os.O_RDONLY)
+        except OSError:
+            fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise FlashError(f"board home {home.root} is busy: another install or rollback is "
+                             "running; try again when it has finished") from exc
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _current(home: BoardHome) -> str | None:
+    try:
+        return home.current_version()
+    except BundleError as exc:
+        raise FlashError(f"board home {home.root}: the 'current' pointer is damaged ({exc}); "
+                         "fix or delete it, then install again") from exc
+
+
+def _read_previous(home: BoardHome) -> str | None:
+    # Advisory only: a missing or garbled file just means "no recorded previous version".
+    try:
+        text = (home.root / PREVIOUS_POINTER).read_text(encoding="utf-8").strip()
+        return validate_version(text)
+    except (OSError, UnicodeDecodeError, BundleError):
+        return None
+
+
+def _write_previous(home: BoardHome, version: str) -> None:
+    # Called after the switch, which already succeeded: failing here must not fail the install.
+    try:
+        atomic_write_bytes(home.root / PREVIOUS_POINTER, (version + "\n").encode())
+    except OSError as exc:
+        log.warning("could not record %s as the previous version in %s: %s", version, home.root, exc)
+
+
+def _sweep_partials(home: BoardHome, current: str | None) -> None:
+    """Remove leftovers of an install that was killed before its own cleanup could run.
+
+    Only under ``models/``, which nothing but install writes (and only under the lock); temporary
+    files elsewhere in the home may belong to a running agent.
+    """
+    if not home.models_dir.is_dir():
+        return
+    for vdir in home.models_dir.iterdir():
+        if not vdir.is_dir():
+            continue
+        for tmp in vdir.iterdir():
+            if tmp.is_file() and _TMP_RE.match(tmp.name):
+                tmp.unlink(missing_ok=True)
+        if vdir.name != current and not any(vdir.iterdir()):
+            vdir.rmdir()
+
+
+def _same_manifest(a: Manifest, b: Manifest) -> list[str]:
+    # created_at changes on every pack of the same model; everything else changes behaviour.
+    return [f.name for f in fields(Manifest)
+            if f.name != "created_at" and getattr(a, f.name) != getattr(b, f.name)]
+
+
+def _installed_state(target: Path, bundle: Bundle) -> str:
+    """'same', 'damaged' (safe to overwrite) or raise because the version is taken."""
+    try:
+        existing = read_bundle(target)
+    except BundleError as exc:
+        log.warning("installed copy of %s is damaged (%s); replacing it", bundle.version, exc)
+        return "damaged"
+    if existing.manifest.model_sha256 != bundle.manifest.model_sha256:
+        raise FlashError(
+            f"version {bundle.version} is already installed with a different model (SHA-256 "
+            f"{existing.manifest.model_sha256[:12]}..., new one {bundle.manifest.model_sha256[:12]}"
+            "...); versions are immutable: bump the version and pack again; nothing was changed")
+    differ = _same_manifest(existing.manifest, bundle.manifest)
+    if differ:
+        raise FlashError(
+            f"version {bundle.version} is already installed with the same model but a different "
+            f"manifest (fields {differ}); versions are immutable: bump the version and pack "
+            "again; nothing was changed")
+    return "same"
+
+
+def _undo(home: BoardHome, version: str, old_current: str | None, existed: bool,
+          created_dir: bool) -> None:
+    # Best effort, and in this order: first make sure the pointer names the old model again,
+    # then remove what this install created. Never delete a bundle the pointer still names.
+    try:
+        if home.current_version() == version and old_current != version:
+            if old_current is None:
+                home.pointer.unlink(missing_ok=True)
+            else:
+                home.set_current(old_current)
+    except (OSError, BundleError) as exc:
+        log.error("could not restore the 'current' pointer of %s: %s", home.root, exc)
+        return
+    if existed:
+        return
+    try:
+        home.bundle_path(version).unlink(missing_ok=True)
+        if created_dir:
+            shutil.rmtree(home.version_dir(version), ignore_errors=True)
+    except OSError as exc:
+        log.error("could not remove the partial install of %s: %s", version, exc)
+
+
+def _verify_landed(target: Path, data: bytes) -> None:
+    landed = target.read_bytes()
+    if sha256_hex(landed) != sha256_hex(data):
+        raise FlashError(f"the copy at {target} differs from the bundle that was written "
+                         f"({len(landed)} of {len(data)} bytes read back); the card may be failing")
+    read_bundle(landed)
+
+
+def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str, ...]:
+    # `protected` is passed in rather than re-read so that a failed write of the `previous`
+    # file can never get the real previous version pruned.
+    versions = home.installed_versions()  # oldest first
+    excess = len(versions) - keep
+    pruned: list[str] = []
+    for version in versions:
+        if excess <= 0:
+            break
+        if version in protected:
+            continue
+        try:
+            # Remove the bundle first: without it the version no longer counts as installed,
+            # so a crash half-way through rmtree leaves an empty directory, not a broken model.
+            home.bundle_path(version).unlink()
+            shutil.rmtree(home.version_dir(version))
+        except (OSError, BundleError) as exc:
+            log.warning("could not prune %s from %s: %s", version, home.root, exc)
+            continue
+        pruned.append(version)
+        excess -= 1
+    return tuple(pruned)
+
+
+def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | os.PathLike[str],
+                   *, board: str | None = None, keep: int = 2) -> InstallResult:
+    """Install a bundle into a board home and make it current.
+
+    The bundle is verified, optionally checked against ``board``, copied to
+    ``models/<version>/model.edgemeta`` (temporary file, fsync, rename), read back and verified,
+    and only then made current by atomically replacing the ``current`` pointer.
+
+    Args:
+        bundle_path: The ``.edgemeta`` file to install.
+        home: The board home (a folder or a mounted SD card); created if only it is missing.
+        board: A board profile name to check the bundle against first, or None.
+        keep: How many installed versions to keep (at least 2: the current and the previous
+            version are never pruned).
+
+    Returns:
+        An :class:`InstallResult`; ``changed`` is False if this exact bundle was already current.
+
+    Raises:
+        FlashError: bad ``keep``; the bundle is missing, damaged or does not fit ``board``; the
+            version is already installed with a different model or manifest; or writing failed.
+            In every case the previously current model stays current and no partial file is left.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
+        raise FlashError(f"keep is {keep!r}; expected an integer >= 2 (the current and the "
+                         "previous version are always kept)")
+    bundle, data = _load(bundle_path, board)
+    home = _as_home(home)
+    _prepare_home(home)
+    version = bundle.version
+    with _locked(home):
+        current = _current(home)
+        _sweep_partials(home, current)
+        target = home.bundle_path(version)
+        existed = target.is_file()
+        recorded = _read_previous(home)
+        if existed and _installed_state(target, bundle) == "same":
+            if current == version:
+                return InstallResult(version, recorded, target, changed=False)
+            # Already on the card (e.g. after a rollback): only the pointer has to move.
+            try:
+                home.set_current(version)
+            except OSError as exc:
+                raise FlashError(f"cannot make {version} current in {home.root}: {exc}; "
+                                 f"{current} stays current") from exc
+        else:
+            created_dir = not home.version_dir(version).exists()
+            try:
+                atomic_write_bytes(target, data)
+                _verify_landed(target, data)
+                home.set_current(version)
+            except BaseException as exc:
+                _undo(home, version, current, existed, created_dir)
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt/SystemExit: cleaned up, now let it through
+                kept = f"{current} stays current" if current else "nothing is current"
+                raise FlashError(f"installing {version} into {home.root} failed: {exc}; {kept} "
+                                 "and the partial copy was removed") from exc
+        if current is None or current == version:  # first install, or repair of the current one
+            previous = recorded
+        else:
+            previous = current
+            _write_previous(home, current)
+        pruned = _prune(home, keep, {version, previous})
+        return InstallResult(version, previous, target, True, pruned)
+
+
+def _rollback_target(home: BoardHome, current: str) -> str | None:
+    recorded = _read_previous(home)
+    versions = home.installed_versions()
+    if recorded is not None and recorded != current and recorded in versions:
+        return recorded
+    # No usable record (a home filled by hand or by an older tool): take the version installed
+    # just before the current one.
+    if current in versions:
+        index = versions.index(current)
+        return versions[index - 1] if index > 0 else None
+    return versions[-1] if versions else None
+
+
+def rollback(home: BoardHome | str | os.PathLike[str]) -> str:
+    """Make the previously current version current again and return it.
+
+    Rolling back twice returns to where you started (like ``cd -``): the version rolled back from
+    becomes the new "previous".
+
+    Raises:
+        FlashError: nothing is installed, there is no previous version, or its bundle is damaged
+            (the current model then stays current).
+    """
+    home = _as_home(home)
+    if not home.root.is_dir():
+        raise FlashError(f"board home {home.root} does not exist; nothing to roll back")
+    with _locked(home):
+        current = _current(home)
+        if current is None:
+            raise FlashError(f"board home {home.root} has no installed model; nothing to roll back")
+        target = _rollback_target(home, current)
+        if target is None:
+            raise FlashError(f"board home {home.root}: no previous version to roll back to from "
+                             f"{current} (installed: {', '.join(home.installed_versions())})")
+        try:
+            read_bundle(home.bundle_path(target))
+        except BundleError as exc:
+            raise FlashError(f"cannot roll back to {target}: {exc}; {current} stays "
+                             "current") from exc
+        try:
+            home.set_current(target)
+        except OSError as exc:
+            raise FlashError(f"cannot roll back to {target}: {exc}; {current} stays current") from exc
+        _write_previous(home, current)
+        return target
+
+
+def installed(home: BoardHome | str | os.PathLike[str]) -> list[str]:
+    """Versions installed in ``home``, oldest first (empty if the home does not exist)."""
+    return _as_home(home).installed_versions()

@@ -1,0 +1,83 @@
+import io
+import json
+import zipfile
+
+import pytest
+
+from edgemeta.bundle import Manifest, bundle_bytes, read_bundle
+from edgemeta.errors import BundleError
+from tests.conftest import fake_manifest
+
+
+def _rewrite(path, **members):
+    with zipfile.ZipFile(path) as zf:
+        content = {n: zf.read(n) for n in zf.namelist()}
+    content.update(members)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, d in content.items():
+            zf.writestr(n, d)
+    path.write_bytes(buf.getvalue())
+
+
+def test_round_trip_and_deterministic_bytes(fake_bundle):
+    path = fake_bundle()
+    b = read_bundle(path)
+    assert b.manifest.version == "1.0.0"
+    assert b.manifest.input.shape == (None, 28, 28, 1)
+    assert b.manifest.input.preprocessing.size == (28, 28)
+    assert bundle_bytes(b.manifest, b.model) == path.read_bytes()
+
+
+def test_tampered_model_is_named(fake_bundle):
+    path = fake_bundle()
+    model = bytearray(read_bundle(path).model)
+    model[100] ^= 0xFF
+    _rewrite(path, **{"model.tflite": bytes(model)})
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        read_bundle(path)
+
+
+def test_flipped_byte_in_file_is_detected(fake_bundle):
+    path = fake_bundle()
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0x01  # inside the stored model: the zip CRC or the hash catches it
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError):
+        read_bundle(path)
+
+
+@pytest.mark.parametrize("keep", [10, 500, 1500])
+def test_truncated_bundle(fake_bundle, keep):
+    path = fake_bundle()
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(BundleError, match="truncated|not a readable"):
+        read_bundle(path)
+
+
+def test_extra_member_and_bad_manifest(fake_bundle):
+    path = fake_bundle()
+    _rewrite(path, **{"../evil.sh": b"x"})
+    with pytest.raises(BundleError, match="expected exactly"):
+        read_bundle(path)
+    path = fake_bundle(name="b.edgemeta")
+    _rewrite(path, **{"manifest.json": b"{not json"})
+    with pytest.raises(BundleError, match="not valid JSON"):
+        read_bundle(path)
+
+
+def test_manifest_validation_messages():
+    m = json.loads(fake_manifest(b"abc").to_json())
+    with pytest.raises(BundleError, match="schema_version"):
+        Manifest.from_dict({**m, "schema_version": 99})
+    with pytest.raises(BundleError, match="unknown field"):
+        Manifest.from_dict({**m, "surprise": 1})
+    with pytest.raises(BundleError, match="required field 'input'"):
+        Manifest.from_dict({k: v for k, v in m.items() if k != "input"})
+    with pytest.raises(BundleError, match="version"):
+        Manifest.from_dict({**m, "version": "../../etc"})
+
+
+def test_missing_file():
+    with pytest.raises(BundleError, match="does not exist"):
+        read_bundle("/nonexistent/x.edgemeta")

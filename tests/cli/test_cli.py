@@ -1,0 +1,103 @@
+"""The CLI through click's CliRunner: every command's happy path and its one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgemeta.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_boards_lists_profiles(runner):
+    r = runner.invoke(cli, ["boards"])
+    assert r.exit_code == 0, r.output
+    for name in ("rpi-zero-2w", "rpi-3bplus", "rpi-4b", "rpi-5", "host-sim"):
+        assert name in r.output
+
+
+def test_unknown_board_is_one_clear_line(runner, fake_bundle):
+    r = runner.invoke(cli, ["check", str(fake_bundle()), "--board", "rpi-99"])
+    assert r.exit_code == 1
+    assert "rpi-99" in r.output and "rpi-4b" in r.output  # names the problem and the choices
+    assert "Traceback" not in r.output
+
+
+def test_check_fits(runner, fake_bundle):
+    r = runner.invoke(cli, ["check", str(fake_bundle()), "--board", "rpi-4b"])
+    assert r.exit_code == 0, r.output
+    assert "fits rpi-4b" in r.output
+
+
+def test_tampered_bundle_errors(runner, fake_bundle, tmp_path):
+    path = fake_bundle()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for args in (["inspect", str(path)], ["flash", str(path), "--to", f"dir:{tmp_path / 'home'}"]):
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 1 and r.output.startswith("Error: "), r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "home" / "current").exists()
+
+
+def test_inspect_and_flash(runner, fake_bundle, tmp_path):
+    path = fake_bundle()
+    r = runner.invoke(cli, ["inspect", str(path)])
+    assert r.exit_code == 0 and json.loads(r.output)["version"] == "1.0.0"
+    r = runner.invoke(cli, ["flash", str(path), "--to", f"dir:{tmp_path}", "--board", "host-sim"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "current").read_text().strip() == "1.0.0"
+    r = runner.invoke(cli, ["flash", str(path), "--to", f"dir:{tmp_path}"])
+    assert "already installed" in r.output
+
+
+def test_flash_unknown_scheme(runner, fake_bundle):
+    r = runner.invoke(cli, ["flash", str(fake_bundle()), "--to", "ftp://x/y"])
+    assert r.exit_code == 1 and "dir:" in r.output
+
+
+def test_device_run_without_model(runner, tmp_path):
+    r = runner.invoke(cli, ["device", "run", "--home", str(tmp_path), "--id", "d1", "--once"])
+    assert r.exit_code == 1 and "no installed model" in r.output
+
+
+def test_fleet_status_unreachable_broker(runner):
+    from edgemeta.fleet import free_port
+
+    r = runner.invoke(cli, ["fleet", "status", "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                            "--json", "--wait", "0"])
+    assert r.exit_code == 1 and "Error:" in r.output
+
+
+def test_train_convert_enroll_classify(runner, tmp_path):
+    """The host commands on a tiny scale, then the board commands on the result."""
+    pytest.importorskip("tensorflow")
+    run_dir = tmp_path / "run"
+    r = runner.invoke(cli, ["train", "--data", "synthetic:30", "--out", str(run_dir), "--way", "5",
+                            "--shot", "1", "--query", "2", "--episodes", "6", "--filters", "8"])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "model.keras").is_file()
+    bundle = tmp_path / "m.edgemeta"
+    r = runner.invoke(cli, ["convert", str(run_dir), "--out", str(bundle), "--version", "2.0.0",
+                            "--eval-episodes", "5"])
+    assert r.exit_code == 0, r.output
+    assert "int8" in r.output and "float" in r.output and bundle.is_file()
+    home = tmp_path / "home"
+    assert runner.invoke(cli, ["flash", str(bundle), "--to", f"dir:{home}"]).exit_code == 0
+    from PIL import Image
+    import numpy as np
+    img = np.full((40, 40), 255, np.uint8)
+    img[10:30, 18:22] = 0
+    Image.fromarray(img).save(tmp_path / "a.png")
+    r = runner.invoke(cli, ["enroll", str(home), "bar", str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["classify", str(home), str(tmp_path / "a.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[-1])["label"] == "bar"
+    r = runner.invoke(cli, ["classify", str(home), str(tmp_path / "run" / "run.json")])
+    assert r.exit_code == 1 and "not a readable image" in r.output

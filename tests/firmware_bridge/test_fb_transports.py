@@ -1,0 +1,99 @@
+"""transport_for / DirTransport / flash, and the board-side import rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgemeta.bundle import BoardHome
+from edgemeta.errors import FlashError
+from firmware_bridge import DirTransport, Transport, flash, supported_schemes, transport_for
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("dir:/mnt/sd/edgemeta", "/mnt/sd/edgemeta"), ("dir:///mnt/sd", "/mnt/sd"),
+     ("dir:rel/board", "rel/board"), ("/abs/board", "/abs/board"), ("./sim", "sim"),
+     ("dir:odd:name", "odd:name"), (Path("/p/q"), "/p/q")],
+)
+def test_dir_urls_and_bare_paths_resolve_to_dir_transport(url, expected):
+    transport = transport_for(url)
+    assert isinstance(transport, DirTransport) and isinstance(transport, Transport)
+    assert transport.path == Path(expected)
+    assert transport.url == f"dir:{Path(expected)}"
+
+
+@pytest.mark.parametrize("url", ["ssh://pi@board.local/home/pi/edgemeta", "mqtt://broker/board-7"])
+def test_planned_schemes_are_refused_listing_supported_ones(url):
+    with pytest.raises(FlashError, match=r"not supported yet; supported now: dir:PATH"):
+        transport_for(url)
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "s3:bucket"])
+def test_unknown_scheme_is_refused_listing_supported_ones(url):
+    with pytest.raises(FlashError, match=r"unknown scheme .*supported: dir:PATH"):
+        transport_for(url)
+
+
+@pytest.mark.parametrize("url", ["", "  ", "dir:", "dir:   "])
+def test_empty_targets_are_refused(url):
+    with pytest.raises(FlashError, match="expected"):
+        transport_for(url)
+
+
+def test_supported_schemes_lists_dir():
+    assert supported_schemes() == ["dir:PATH"]
+
+
+def test_flash_installs_through_dir_transport(make_bundle, home):
+    result = flash(make_bundle("1.0.0"), f"dir:{home}", board="rpi-4b")
+    assert result.changed and BoardHome.at(home).current_version() == "1.0.0"
+
+
+def test_flash_checks_board_before_touching_target(make_bundle, home):
+    with pytest.raises(FlashError, match=r"does not fit rpi-3bplus-32bit: the model input is uint8"):
+        flash(make_bundle("1.0.0", dtype="uint8"), str(home), board="rpi-3bplus-32bit")
+    assert not home.exists()
+
+
+def test_flash_bad_url_fails_before_reading_bundle(tmp_path):
+    with pytest.raises(FlashError, match="ssh transport"):
+        flash(tmp_path / "missing.edgemeta", "ssh://pi@x/y")
+
+
+def test_dir_transport_keep_is_passed_through(make_bundle, home):
+    transport = DirTransport(home, keep=3)
+    for i, version in enumerate(["1.0.0", "2.0.0", "3.0.0"]):
+        transport.push(make_bundle(version, seed=i))
+    assert len(BoardHome.at(home).installed_versions()) == 3
+
+
+_BOARD_SIDE = r"""
+import sys
+sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+from pathlib import Path
+import firmware_bridge, edgemeta.boards
+from edgemeta.bundle import InputSpec, Manifest, pack_bundle, sha256_hex
+model = b"TFL3" + bytes(range(256)) * 4
+m = Manifest(name="t", version="1.0.0", model_sha256=sha256_hex(model), model_bytes=len(model),
+             input=InputSpec(shape=(None, 28, 28, 1), dtype="int8", scale=0.1, zero_point=0),
+             embedding_dim=64, output_scale=0.1, output_zero_point=0)
+tmp = Path(sys.argv[1])
+src = pack_bundle(m, model, tmp / "b.edgemeta")
+r = firmware_bridge.flash(src, "dir:" + str(tmp / "home"), board="rpi-zero-2w")
+assert r.changed, r
+heavy = sorted(n for n in sys.modules if n.split(".")[0] == "tensorflow" and sys.modules[n] is not None
+               or n.startswith(("edgemeta.data", "edgemeta.meta", "edgemeta.quantize")))
+print("HEAVY", heavy)
+"""
+
+
+def test_board_side_works_with_tensorflow_blocked(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _BOARD_SIDE, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert (tmp_path / "home" / "current").read_text() == "1.0.0\n"

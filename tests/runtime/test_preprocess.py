@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgemeta.bundle import Preprocessing
+from edgemeta.errors import InputError
+from edgemeta.runtime import preprocess, preprocess_batch, quantize_input
+
+
+def test_inverts_resizes_and_scales():
+    img = np.full((105, 105), 255, np.uint8)
+    img[40:60, 40:60] = 0  # black ink on white paper
+    out = preprocess(img, Preprocessing())
+    assert out.shape == (28, 28, 1) and out.dtype == np.float32
+    assert out[0, 0, 0] == pytest.approx(0.0)          # paper -> 0
+    assert out[13, 13, 0] == pytest.approx(1.0)        # ink -> 1
+
+
+def test_path_rgb_rgba_and_gray_agree(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full((40, 30, 1), 255, np.uint8)], axis=2)
+    spec = Preprocessing()
+    a = preprocess(tmp_path / "g.png", spec)
+    for other in (gray, rgb, rgba, gray[:, :, None]):
+        np.testing.assert_allclose(preprocess(other, spec), a, atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((28, 28), np.float32), "dtype float32"),
+    (np.zeros((2, 28, 28, 1, 1), np.uint8), "shape"),
+    (np.zeros((28, 28, 2), np.uint8), "shape"),
+    (np.zeros((0, 5), np.uint8), "non-empty"),
+    ("/no/such/file.png", "does not exist"),
+    (42, "file path or a uint8"),
+])
+def test_wrong_kinds_of_image(bad, msg):
+    with pytest.raises(InputError, match=msg):
+        preprocess(bad, Preprocessing())
+
+
+def test_not_an_image_file(tmp_path):
+    p = tmp_path / "x.png"
+    p.write_text("hello")
+    with pytest.raises(InputError, match="not a readable image"):
+        preprocess(p, Preprocessing())
+
+
+def test_batch_and_quantize_exact_for_unit_scale():
+    imgs = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    x = preprocess_batch(imgs, Preprocessing())
+    assert x.shape == (3, 28, 28, 1)
+    q = quantize_input(x, 1 / 255, -128)
+    # With scale 1/255 and zero point -128 quantisation of inverted pixels is lossless.
+    np.testing.assert_array_equal(q[..., 0].astype(int), (255 - imgs.astype(int)) - 128)
+    with pytest.raises(InputError, match="single path"):
+        preprocess_batch("a.png", Preprocessing())
