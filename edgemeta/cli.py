@@ -234,14 +234,14 @@ def fleet_status(broker: str, pattern: str, wait: float, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from edgemeta.fleet import FleetMonitor
+    from edgemeta.fleet import FleetMonitor, render_table
 
     with FleetMonitor(broker, fleet_pattern=pattern) as monitor:
         time.sleep(max(0.0, wait))
         if as_json:
             click.echo(json.dumps(monitor.status_dict(), indent=2, sort_keys=True))
         else:
-            Console().print(monitor.render_table(monitor.snapshot()))
+            Console().print(render_table(monitor.snapshot()))
 
 
 # ---------------------------------------------------------------- demo

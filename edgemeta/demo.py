@@ -41,7 +41,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         """Tiny scale for tests: a few seconds of training, accuracy not meaningful."""
-        return cls(n_classes=40, way=5, shot=2, query=3, episodes=30, filters=16,
+        return cls(n_classes=60, way=5, shot=2, query=3, episodes=30, filters=16,
                    eval_episodes=20, held_back=2)
 
 
@@ -77,7 +77,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
              console: Console | None = None) -> DemoResult:
     """Run the demo, writing everything under ``out_dir``; returns the measured figures."""
     from edgemeta.boards import check_bundle, get_board
-    from edgemeta.fleet import FleetMonitor, start_broker
+    from edgemeta.fleet import FleetMonitor, render_table, start_broker
     from edgemeta.meta import TrainConfig
     from edgemeta.pipeline import DataSplit, bundle_run, split_source, train_run
     from firmware_bridge import flash
@@ -115,6 +115,9 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
         console.print("  " + check_bundle(bundle.manifest, get_board(board)).summary())
 
     console.rule("[bold]5. flash three simulated boards")
+    if unseen.num_classes < 5 * len(BOARDS):
+        raise EdgemetaError(f"the demo needs {5 * len(BOARDS)} unseen classes (5 per board), "
+                            f"got {unseen.num_classes}; raise n_classes")
     rng = np.random.default_rng(config.seed)
     unseen_classes = rng.permutation(unseen.num_classes)
     homes, expected = {}, {}
@@ -129,6 +132,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
                       f"x {shots} example(s) to enroll, {expected[device_id]} images to classify")
 
     console.rule("[bold]6. broker, device agents, monitor")
+    (out / "broker").mkdir(exist_ok=True)
     with start_broker(broker_kind, workdir=out / "broker") as broker:
         console.print(f"broker: {broker.kind} at {broker.url}")
         procs = _start_agents(homes, broker.url)
@@ -136,7 +140,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
             with FleetMonitor(broker.url, fleet_pattern="demo") as monitor:
                 done = monitor.wait_until(lambda states: _all_reported(states, expected), 120.0)
                 console.rule("[bold]7. fleet")
-                console.print(monitor.render_table(monitor.snapshot()))
+                console.print(render_table(monitor.snapshot()))
                 if not done:
                     raise EdgemetaError("not every board reported its results within 120 s; "
                                         f"see the agent logs under {out / 'boards'}")
@@ -156,7 +160,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
 
 def _all_reported(states, expected: dict[str, int]) -> bool:
     seen = {s.device_id: s for s in states if s.state == "online"}
-    return all(d in seen and seen[d].evaluated >= n for d, n in expected.items())
+    return all(d in seen and (seen[d].evaluated or 0) >= n for d, n in expected.items())
 
 
 def _start_agents(homes: dict[str, Path], broker_url: str) -> list[subprocess.Popen]:

@@ -8,9 +8,9 @@ by alphabet, not only by class.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 
@@ -289,4 +289,6 @@ class ImageClassDataset:
 
     def renamed(self, name: str) -> ImageClassDataset:
         """The same data under another ``name`` (arrays are shared, not copied)."""
-        return ImageClassDataset(self.images, self.labels, self.class_names, self.class_groups, name)
+        return ImageClassDataset(
+            self.images, self.labels, self.class_names, self.class_groups, name
+        )

@@ -7,7 +7,8 @@ and a batch is one fancy-indexing operation on ``dataset.images``.
 from __future__ import annotations
 
 import numbers
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -101,7 +102,9 @@ class EpisodeSampler:
             by_group: dict[str, list[int]] = {}
             for c, g in enumerate(dataset.class_groups):
                 by_group.setdefault(g, []).append(c)
-            pools = [np.array(ids, dtype=np.int64) for ids in by_group.values() if len(ids) >= self.n_way]
+            pools = [
+                np.array(ids, dtype=np.int64) for ids in by_group.values() if len(ids) >= self.n_way
+            ]
             if not pools:
                 largest = max(len(ids) for ids in by_group.values())
                 raise DataError(
@@ -144,7 +147,11 @@ class EpisodeSampler:
     def sample(self) -> Episode:
         """Draw the next episode from the sampler's random stream."""
         rng = self._rng
-        pool = self._pools[int(rng.integers(len(self._pools)))] if len(self._pools) > 1 else self._pools[0]
+        pool = (
+            self._pools[int(rng.integers(len(self._pools)))]
+            if len(self._pools) > 1
+            else self._pools[0]
+        )
         classes = rng.choice(pool, size=self.n_way, replace=False)
         chosen = self._draw_examples(classes)
         return Episode(classes, chosen[:, : self.k_shot], chosen[:, self.k_shot :])
@@ -162,7 +169,10 @@ class EpisodeSampler:
             return self._table[classes[:, None], order]
         # A few huge classes: per-class choice avoids a huge key matrix.
         return np.stack(
-            [self._table[c, self._rng.choice(int(n), size=need, replace=False)] for c, n in zip(classes, counts)]
+            [
+                self._table[c, self._rng.choice(int(n), size=need, replace=False)]
+                for c, n in zip(classes, counts, strict=True)
+            ]
         )
 
     def take(self, n: int) -> list[Episode]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -89,14 +90,19 @@ def _open_source(path: PathLike, *, allow_zip: bool, max_depth: int, what: str) 
     if p.is_dir():
         return _Source(p, None, max_depth)
     if not p.exists():
-        raise DataError(f"{what} {p} does not exist; expected a folder" + (
-            " or a .zip" if allow_zip else ""))
+        raise DataError(
+            f"{what} {p} does not exist; expected a folder" + (" or a .zip" if allow_zip else "")
+        )
     if not allow_zip:
-        raise DataError(f"{what} {p} is not a folder; expected a folder laid out as {_FOLDER_LAYOUT}")
+        raise DataError(
+            f"{what} {p} is not a folder; expected a folder laid out as {_FOLDER_LAYOUT}"
+        )
     try:
         zf = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{what} {p} is neither a folder nor a readable .zip archive ({exc})") from exc
+        raise DataError(
+            f"{what} {p} is neither a folder nor a readable .zip archive ({exc})"
+        ) from exc
     return _Source(p, zf, max_depth)
 
 
@@ -105,7 +111,9 @@ def _decode(data: bytes, where: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("L")  # convert() forces a full decode, so truncation shows here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {where}: {exc}; expected a valid PNG/JPEG/BMP file") from exc
+        raise DataError(
+            f"cannot read image {where}: {exc}; expected a valid PNG/JPEG/BMP file"
+        ) from exc
 
 
 def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -193,13 +201,17 @@ def load_image_folder(
             f"expected {_FOLDER_LAYOUT}, one subfolder per class"
         )
     if not classes:
-        raise DataError(f"image folder {src.path} has no class subfolders; expected {_FOLDER_LAYOUT}")
+        raise DataError(
+            f"image folder {src.path} has no class subfolders; expected {_FOLDER_LAYOUT}"
+        )
     files: list[tuple[_Source, tuple[str, ...], int]] = []
     for label, cls in enumerate(sorted(classes)):
         if not classes[cls]:
             hint = (
                 "; it only has subfolders (an Omniglot-style <alphabet>/<character> tree? "
-                "use load_omniglot)" if cls in nested else ""
+                "use load_omniglot)"
+                if cls in nested
+                else ""
             )
             raise DataError(
                 f"class folder {src.path / cls} has no images{hint}; expected {_FOLDER_LAYOUT}"

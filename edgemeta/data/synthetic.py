@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,12 +41,15 @@ _PEN_RANGE = (0.03, 0.05)  # pen width as a fraction of the image size
 
 
 def _catmull_rom(points: np.ndarray, closed: bool) -> np.ndarray:
-    """Sample a centripetal-free (uniform) Catmull-Rom spline through ``points`` (M, 2)."""
+    """Sample a uniform Catmull-Rom spline passing through every one of ``points`` (M, 2)."""
     if closed:
         ctrl = np.concatenate([points[-1:], points, points[:2]])
     else:
-        # Mirror the end points so the curve starts and ends at the first and last point.
-        ctrl = np.concatenate([2 * points[:1] - points[1:2], points, 2 * points[-1:] - points[-2:-1]])
+        # Phantom points mirrored past the ends let the curve reach the first and last point
+        # with a natural tangent instead of stopping one point short.
+        ctrl = np.concatenate(
+            [2 * points[:1] - points[1:2], points, 2 * points[-1:] - points[-2:-1]]
+        )
     t = np.linspace(0.0, 1.0, _POINTS_PER_SEGMENT, endpoint=False)[:, None]
     t2, t3 = t * t, t * t * t
     segments = []
@@ -191,9 +195,15 @@ def make_glyph_dataset(
     Raises:
         DataError: If ``n_classes`` or ``per_class`` is below 1 or ``size`` below 8.
     """
-    for what, value, low in (("n_classes", n_classes, 1), ("per_class", per_class, 1), ("size", size, 8)):
+    for what, value, low in (
+        ("n_classes", n_classes, 1),
+        ("per_class", per_class, 1),
+        ("size", size, 8),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise DataError(f"make_glyph_dataset: {what} must be an integer >= {low}, got {value!r}")
+            raise DataError(
+                f"make_glyph_dataset: {what} must be an integer >= {low}, got {value!r}"
+            )
     # 2-4x supersampling for anti-aliasing, bounded so big images stay fast.
     factor = int(np.clip(256 // size, 2, 4))
     images = np.empty((n_classes * per_class, size, size), dtype=np.uint8)
@@ -264,7 +274,9 @@ def write_image_folder(
     else:
         chosen = np.asarray(indices).ravel()
         if chosen.size and chosen.dtype.kind not in "iu":
-            raise DataError(f"write_image_folder: indices must be integers, got dtype {chosen.dtype}")
+            raise DataError(
+                f"write_image_folder: indices must be integers, got dtype {chosen.dtype}"
+            )
         bad = chosen[(chosen < 0) | (chosen >= len(dataset))]
         if bad.size:
             raise DataError(

@@ -108,10 +108,15 @@ class DeviceReporter:
         self._status = status if status is not None else DeviceStatus
         self._board = board
         self._backend = backend
-        # Milliseconds since the epoch: a restarted process always gets a larger session.
+        # Milliseconds since the epoch: a restarted process always gets a larger session. Each
+        # reconnect takes a larger one too (see _on_disconnect).
         self._session = int(time.time() * 1000)
         self._seq = 0
+        # _lock orders seq on the wire and is held across client.publish(); _session_lock guards
+        # only the session and is never held while calling into paho, so paho's thread (which
+        # takes it in _on_disconnect) cannot deadlock against a publisher holding _lock.
         self._lock = threading.Lock()
+        self._session_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._timer: threading.Thread | None = None
         self._state = "new"  # new -> started -> stopped; one-shot on purpose
@@ -123,8 +128,7 @@ class DeviceReporter:
 
         self._client = _mqtt.new_client(f"edgemeta-{self._fleet}-{self._device_id}")
         self._client.max_queued_messages_set(_MAX_QUEUED)
-        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost")
-        self._client.will_set(self._topic("death"), will.to_payload(), qos=1, retain=True)
+        self._set_will()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
 
@@ -132,8 +136,9 @@ class DeviceReporter:
 
     @property
     def session(self) -> int:
-        """Birth/death session id of this reporter."""
-        return self._session
+        """Birth/death session id of the current connection (grows on every reconnect)."""
+        with self._session_lock:
+            return self._session
 
     @property
     def device_id(self) -> str:
@@ -220,7 +225,7 @@ class DeviceReporter:
         if self._timer is not None:
             self._timer.join(timeout_s)
         if self._client.is_connected():
-            death = Death(self._device_id, self._fleet, self._session, time.time(), "graceful")
+            death = Death(self._device_id, self._fleet, self.session, time.time(), "graceful")
             info = self._client.publish(self._topic("death"), death.to_payload(), qos=1, retain=True)
             self._wait(info, timeout_s, "graceful death")
         else:
@@ -247,6 +252,11 @@ class DeviceReporter:
     def _topic(self, kind: str) -> str:
         return topic(self._fleet, self._device_id, kind)
 
+    def _set_will(self) -> None:
+        # paho sends the Will with the next CONNECT, so this must run before each (re)connect.
+        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost")
+        self._client.will_set(self._topic("death"), will.to_payload(), qos=1, retain=True)
+
     def _current_status(self) -> DeviceStatus:
         """Ask the agent for its status; a broken callback must not kill the reporter."""
         try:
@@ -265,7 +275,7 @@ class DeviceReporter:
     def _birth(self) -> Birth:
         st = self._current_status()
         return Birth(
-            device_id=self._device_id, fleet=self._fleet, session=self._session, ts=time.time(),
+            device_id=self._device_id, fleet=self._fleet, session=self.session, ts=time.time(),
             model_version=st.model_version, model_sha256=st.model_sha256, backend=self._backend,
             board=self._board, labels=tuple(st.labels), agent_version=__version__,
         )
@@ -277,7 +287,7 @@ class DeviceReporter:
         # publish_now() races the timer thread.
         with self._lock:
             msg = Telemetry(
-                device_id=self._device_id, fleet=self._fleet, session=self._session,
+                device_id=self._device_id, fleet=self._fleet, session=self.session,
                 seq=self._seq, ts=time.time(), uptime_s=time.monotonic() - self._t0,
                 model_version=st.model_version, model_sha256=st.model_sha256,
                 labels=tuple(st.labels), n_classes=len(st.labels),
@@ -330,13 +340,24 @@ class DeviceReporter:
                 self._birth_info = client.publish(
                     self._topic("birth"), birth.to_payload(), qos=1, retain=True
                 )
+                if self._state == "started":
+                    # A reconnect: the new session has no metrics at the monitor yet.
+                    self._publish_telemetry()
             except MessageError:
-                log.warning("birth of %s not sent: status has invalid values",
+                log.warning("birth/telemetry of %s not sent: status has invalid values",
                             self._device_id, exc_info=True)
         self._waiter.on_connect(reason_code)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self._state == "started":
-            log.warning("reporter %s lost its broker connection (%s); reconnecting",
-                        self._device_id, reason_code)
+        if self._state != "started":
+            return  # our own stop()
+        # The broker may already have published this connection's Will ("lost", session S).
+        # Reconnecting with a birth of the same S would then look stale to the monitor, so the
+        # next connection gets a larger session and its own Will.
+        with self._session_lock:
+            self._session = max(self._session + 1, int(time.time() * 1000))
+            self._set_will()
+            session = self._session
+        log.warning("reporter %s lost its broker connection (%s); reconnecting as session %d",
+                    self._device_id, reason_code, session)

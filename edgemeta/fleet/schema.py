@@ -181,7 +181,8 @@ class Birth(_Validated):
     Attributes:
         device_id: Device id (also in the topic).
         fleet: Fleet id (also in the topic).
-        session: Birth/death session id, ``int(time.time()*1000)`` at reporter construction.
+        session: Birth/death session id: ``int(time.time()*1000)`` at reporter construction,
+            larger again after each reconnect (the Last Will carries the same id).
         ts: Unix seconds when the birth was composed.
         model_version: Bundle version, or None when no model is loaded.
         model_sha256: Hex digest of the model, or None.
@@ -217,8 +218,8 @@ class Telemetry(_Validated):
     Attributes:
         device_id: Device id.
         fleet: Fleet id.
-        session: Session id of the publishing process (same as its birth).
-        seq: 0 for the first telemetry of a session, +1 per message.
+        session: Session id of the publishing connection (same as its birth).
+        seq: 0 for the first telemetry of a reporter, +1 per message (not reset on reconnect).
         ts: Unix seconds when composed.
         uptime_s: Seconds since the reporter was started.
         model_version: Bundle version or None.
@@ -267,7 +268,7 @@ class Death(_Validated):
     Attributes:
         device_id: Device id.
         fleet: Fleet id.
-        session: Session id of the process that died; lets the monitor ignore stale deaths.
+        session: Session id of the connection that ended; lets the monitor ignore stale deaths.
         ts: Unix seconds, or None in the Last Will (composed at connect time, sent later).
         reason: ``"graceful"`` or ``"lost"``.
     """

@@ -8,13 +8,15 @@ from edgemeta._deps import require
 
 __all__ = ["prototypical_logits", "prototypical_loss", "make_protonet_step"]
 
+# Imported once here, not inside the traced functions: AutoGraph would try to convert the import.
+tf = require("tensorflow", "prototypical networks")
+
 
 def prototypical_logits(support: Any, query: Any, n_way: int, k_shot: int) -> Any:
     """Negative squared Euclidean distances (Q, n_way) from queries to class means.
 
     ``support`` is (n_way * k_shot, D) ordered class-major (all shots of class 0 first).
     """
-    tf = require("tensorflow", "prototypical networks")
     prototypes = tf.reduce_mean(tf.reshape(support, (n_way, k_shot, -1)), axis=1)
     d = (tf.reduce_sum(query ** 2, axis=1, keepdims=True)
          - 2.0 * tf.matmul(query, prototypes, transpose_b=True)
@@ -25,7 +27,6 @@ def prototypical_logits(support: Any, query: Any, n_way: int, k_shot: int) -> An
 def prototypical_loss(support: Any, query: Any, query_labels: Any, n_way: int, k_shot: int
                       ) -> tuple[Any, Any]:
     """Mean cross-entropy and accuracy of an episode."""
-    tf = require("tensorflow", "prototypical networks")
     logits = prototypical_logits(support, query, n_way, k_shot)
     loss = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=logits))
@@ -40,7 +41,6 @@ def make_protonet_step(model: Any, optimizer: Any, n_way: int, k_shot: int, comp
     The support and query images go through the network in one batch so that BatchNorm sees
     the whole episode, as in the reference implementation.
     """
-    tf = require("tensorflow", "prototypical networks")
     n_support = n_way * k_shot
 
     def step(support_x: Any, query_x: Any, query_labels: Any) -> tuple[Any, Any]:

@@ -16,7 +16,9 @@ OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 @pytest.fixture(scope="session")
 def omniglot_zips() -> list[Path]:
     """The two shared Omniglot zips; fail on CI when missing, skip elsewhere."""
-    root = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR", REPO.parent / "shared" / "data" / "omniglot"))
+    root = Path(
+        os.environ.get("EDGEMETA_OMNIGLOT_DIR", REPO.parent / "shared" / "data" / "omniglot")
+    )
     paths = [root / name for name in OMNIGLOT_ZIPS]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

@@ -9,7 +9,9 @@ from edgemeta.data import ImageClassDataset
 from edgemeta.errors import DataError
 
 
-def tiny(n_classes: int = 4, per_class: int = 3, groups: tuple[str, ...] | None = None) -> ImageClassDataset:
+def tiny(
+    n_classes: int = 4, per_class: int = 3, groups: tuple[str, ...] | None = None
+) -> ImageClassDataset:
     """Images whose pixel (0, 0) is the image index and pixel (0, 1) the label."""
     n = n_classes * per_class
     images = np.zeros((n, 4, 4), dtype=np.uint8)
@@ -110,7 +112,10 @@ def test_with_rotations_adds_rotated_classes() -> None:
     assert rot.class_names[:4] == ("Greek/a", "Greek/b", "Greek/a@90", "Greek/b@90")
     assert rot.class_names[-1] == "Greek/b@270" and set(rot.class_groups) == {"Greek"}
     # Counter-clockwise: top-right goes to top-left (90), bottom-left (180), bottom-right (270).
-    corners = {rot.class_names[int(lab)]: tuple(np.argwhere(im)[0]) for im, lab in zip(rot.images, rot.labels)}
+    corners = {
+        rot.class_names[int(lab)]: tuple(np.argwhere(im)[0])
+        for im, lab in zip(rot.images, rot.labels, strict=True)
+    }
     assert corners["Greek/a"] == (0, 2) and corners["Greek/a@90"] == (0, 0)
     assert corners["Greek/a@180"] == (2, 0) and corners["Greek/a@270"] == (2, 2)
     assert ds.with_rotations((180,)).num_classes == 4

@@ -84,7 +84,9 @@ def test_image_folder_mixed_sizes_need_size(tmp_path: Path) -> None:
         ({"a/broken.png": b"\x89PNG\r\n\x1a\n garbage"}, r"cannot read image .*broken\.png"),
     ],
 )
-def test_image_folder_bad_layouts(tmp_path: Path, files: dict[str, bytes | None], message: str) -> None:
+def test_image_folder_bad_layouts(
+    tmp_path: Path, files: dict[str, bytes | None], message: str
+) -> None:
     for name, data in files.items():
         write(tmp_path / name, png_bytes(0) if data is None else data)
     with pytest.raises(DataError, match=message):
@@ -108,13 +110,17 @@ def test_image_folder_missing_or_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Omniglot layout
 
 
-def omniglot_members(top: str, alphabets: dict[str, int], per_char: int = 2, base: int = 0) -> dict[str, bytes]:
+def omniglot_members(
+    top: str, alphabets: dict[str, int], per_char: int = 2, base: int = 0
+) -> dict[str, bytes]:
     """Members ``top/alphabet/characterNN/k.png``; gray level encodes (alphabet, char, k)."""
     members = {}
     for a, (alphabet, n_chars) in enumerate(sorted(alphabets.items())):
         for c in range(1, n_chars + 1):
             for k in range(per_char):
-                members[f"{top}{alphabet}/character{c:02d}/{k:02d}.png"] = png_bytes(base + 40 * a + 10 * c + k)
+                members[f"{top}{alphabet}/character{c:02d}/{k:02d}.png"] = png_bytes(
+                    base + 40 * a + 10 * c + k
+                )
     return members
 
 
@@ -124,7 +130,10 @@ def test_omniglot_zip_with_top_folder_and_dedup(tmp_path: Path) -> None:
     z2 = make_zip(tmp_path / "two.zip", omniglot_members("", {"Greek": 3, "Aramaic": 1}, base=3))
     ds = load_omniglot([z1, z2])
     assert ds.class_names == (
-        "Aramaic/character01", "Balinese/character01", "Greek/character01", "Greek/character02",
+        "Aramaic/character01",
+        "Balinese/character01",
+        "Greek/character01",
+        "Greek/character02",
     )
     assert ds.class_groups == ("Aramaic", "Balinese", "Greek", "Greek")
     assert ds.groups() == ["Aramaic", "Balinese", "Greek"]
@@ -162,7 +171,9 @@ def test_omniglot_resize(tmp_path: Path) -> None:
     ],
 )
 def test_omniglot_bad_zips(tmp_path: Path, members: dict[str, bytes | None], message: str) -> None:
-    z = make_zip(tmp_path / "bad.zip", {k: png_bytes(0) if v is None else v for k, v in members.items()})
+    z = make_zip(
+        tmp_path / "bad.zip", {k: png_bytes(0) if v is None else v for k, v in members.items()}
+    )
     with pytest.raises(DataError, match=message):
         load_omniglot(z)
 
@@ -184,8 +195,14 @@ def test_real_omniglot_zips(omniglot: ImageClassDataset) -> None:
     ds = omniglot
     assert ds.num_classes == 242 and len(ds) == 242 * 20
     assert ds.groups() == [
-        "Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)",
-        "Korean", "Latin", "Sanskrit", "Tagalog",
+        "Balinese",
+        "Early_Aramaic",
+        "Greek",
+        "Japanese_(katakana)",
+        "Korean",
+        "Latin",
+        "Sanskrit",
+        "Tagalog",
     ]
     assert ds.images.shape == (4840, 105, 105) and ds.images.dtype == np.uint8
     assert ds.class_counts().tolist() == [20] * 242
@@ -197,11 +214,15 @@ def test_real_omniglot_zips(omniglot: ImageClassDataset) -> None:
     assert ds.class_names[0] == "Balinese/character01"
 
 
-def test_real_omniglot_single_zip_and_order(omniglot_zips: list[Path], omniglot: ImageClassDataset) -> None:
+def test_real_omniglot_single_zip_and_order(
+    omniglot_zips: list[Path], omniglot: ImageClassDataset
+) -> None:
     second = load_omniglot(omniglot_zips[1])
     assert second.num_classes == 156  # 24 Greek + 26 Latin + 106 others
     # The same alphabet from the other zip is byte-identical, so dedup loses nothing.
     greek = [i for i, n in enumerate(second.class_names) if n.startswith("Greek/")]
     sub = second.subset_classes(greek)
-    ref = omniglot.subset_classes([i for i, n in enumerate(omniglot.class_names) if n.startswith("Greek/")])
+    ref = omniglot.subset_classes(
+        [i for i, n in enumerate(omniglot.class_names) if n.startswith("Greek/")]
+    )
     assert np.array_equal(sub.images, ref.images)

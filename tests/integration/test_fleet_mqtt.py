@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -196,6 +197,22 @@ def test_reporter_publishes_birth_again_after_broker_restart(mosquitto_broker: B
             r.stop()
         finally:
             fresh.stop()
+
+
+def test_network_drop_fires_will_then_reconnect_is_online(broker: Broker) -> None:
+    """After the broker published the Will, the reconnected device must not look stale."""
+    with FleetMonitor(broker.url) as m, reporter(broker.url, "pi-net") as r:
+        first = r.session
+        assert m.wait_until(state_is("pi-net", "online", session=first), WAIT_S)
+        # Cut the TCP connection under paho: the broker sees no DISCONNECT and sends the Will.
+        r._client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        assert m.wait_until(state_is("pi-net", "offline", death_reason="lost"), WAIT_S), \
+            m.snapshot()
+        # paho reconnects after ~1 s with a new session and a fresh birth + telemetry.
+        assert m.wait_until(lambda s: any(
+            x.device_id == "pi-net" and x.state == "online" and (x.session or 0) > first
+            and x.last_seq is not None for x in s), WAIT_S), m.snapshot()
+        assert r.session > first
 
 
 def test_malformed_publish_is_counted_and_monitor_keeps_working(

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (Python 3.11) and run the demo or the tests.
+#   scripts/dev.sh demo [edgemeta demo options]
+#   scripts/dev.sh test [pytest options]
+# Idempotent: re-running reuses .venv and skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-}"
+shift || true
+case "$what" in demo|test) ;; *) echo "usage: scripts/dev.sh demo|test [args]" >&2; exit 2 ;; esac
+
+PY="${PYTHON:-python3}"
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+apt_install() {
+  # Install Debian packages only when missing; apt-get update once.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  echo "== apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# The broker for integration tests (the demo falls back to an embedded broker without it).
+if [ "$what" = test ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  apt_install mosquitto
+fi
+# Debian's python3 ships without venv/ensurepip.
+if ! "$PY" -c "import venv, ensurepip" >/dev/null 2>&1; then
+  apt_install python3-venv
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv with $("$PY" --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.edgemeta-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "== pip install -e .[host,device,dev] (TensorFlow is large: a few minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[host,device,dev]"
+  touch "$stamp"
+fi
+
+if [ "$what" = demo ]; then
+  exec .venv/bin/edgemeta demo "$@"
+fi
+
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here, not a pass" >&2
+  exit 1
+fi
+exit "$rc"
