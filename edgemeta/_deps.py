@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 from edgemeta.errors import MissingDependencyError
@@ -22,6 +23,9 @@ def require(module: str, purpose: str) -> ModuleType:
         module: Dotted module name, e.g. ``"tensorflow"``.
         purpose: What the caller needs it for, shown in the message.
     """
+    if module.split(".")[0] in ("tensorflow", "keras"):
+        # TensorFlow's C++ INFO/WARNING lines drown the CLI's output; users can still opt in.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,7 +29,10 @@ def representative_sample(x: np.ndarray, n: int = 300, seed: int = 0) -> np.ndar
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     # The converter prints "Saved artifact at ..." to stdout on every call; keep the CLI readable.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # Full-integer conversion always warns that input statistics were not given; the
+        # representative dataset provides them.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         yield
 
 
