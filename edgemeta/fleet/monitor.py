@@ -114,11 +114,13 @@ class FleetMonitor:
         # A Condition lets wait_until() wake on each message instead of sleeping blindly.
         self._cond = threading.Condition()
         self._waiter = _mqtt.ConnectWaiter()
+        self._subscribed = threading.Event()
         self._started = False
         # Random suffix: two monitors on one broker must not kick each other off.
         self._client = _mqtt.new_client(f"edgemeta-monitor-{secrets.token_hex(4)}")
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -131,6 +133,12 @@ class FleetMonitor:
         if self._started:
             return
         _mqtt.connect(self._client, self._url, 30, self._connect_timeout_s, self._waiter)
+        # Messages published between CONNACK and SUBACK would be missed: wait for the SUBACK.
+        if not self._subscribed.wait(self._connect_timeout_s):
+            self._client.disconnect()
+            self._client.loop_stop()
+            raise FleetError(f"MQTT broker at {self._url} did not acknowledge the subscription to "
+                             f"{self._filter} within {self._connect_timeout_s:g} s")
         self._started = True
 
     def stop(self) -> None:
@@ -228,6 +236,13 @@ class FleetMonitor:
             # (Re)subscribe on every connect: clean sessions forget subscriptions.
             client.subscribe(self._filter, qos=1)
         self._waiter.on_connect(reason_code)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        if reason_codes and not any(rc.is_failure for rc in reason_codes):
+            self._subscribed.set()
+        else:
+            log.error("broker refused the subscription to %s: %s", self._filter, reason_codes)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.handle(message.topic, message.payload)
