@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rich.console import Console
 
 from edgemeta.bundle import Preprocessing
@@ -55,21 +54,16 @@ class DemoResult:
     seconds: float
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-
-
 def _fill_inbox(home: Path, dataset, classes: np.ndarray, shots: int, held_back: int,
                 rng: np.random.Generator) -> int:
+    """Put ``shots`` drawings per class to enroll and ``held_back`` others to classify."""
+    from edgemeta.data import write_image_folder
+
     by_class = dataset.indices_by_class()
-    for c in classes:
-        label = dataset.class_names[c].replace("/", "_")
-        idx = rng.permutation(by_class[c])[: shots + held_back]
-        for j, i in enumerate(idx[:shots]):
-            _write_png(home / "inbox" / "enroll" / label / f"{j:02d}.png", dataset.images[i])
-        for j, i in enumerate(idx[shots:]):
-            _write_png(home / "inbox" / "classify" / label / f"{j:02d}.png", dataset.images[i])
+    picks = [rng.permutation(by_class[c])[: shots + held_back] for c in classes]
+    write_image_folder(dataset, home / "inbox" / "enroll", np.concatenate([p[:shots] for p in picks]))
+    write_image_folder(dataset, home / "inbox" / "classify",
+                       np.concatenate([p[shots:] for p in picks]))
     return len(classes) * held_back
 
 
@@ -90,6 +84,9 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
     console.rule("[bold]1. data")
     split = DataSplit(f"synthetic:{config.n_classes}", test_fraction=0.3, seed=config.seed)
     train, unseen = split_source(split)
+    if unseen.num_classes < 5 * len(BOARDS):
+        raise EdgemetaError(f"the demo needs {5 * len(BOARDS)} unseen classes (5 per board), "
+                            f"got {unseen.num_classes}; raise n_classes")
     console.print(f"synthetic glyphs: {train.num_classes} training classes, {unseen.num_classes} "
                   f"unseen classes, {len(train) + len(unseen)} images of {train.images.shape[1:]} px")
 
@@ -115,9 +112,6 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
         console.print("  " + check_bundle(bundle.manifest, get_board(board)).summary())
 
     console.rule("[bold]5. flash three simulated boards")
-    if unseen.num_classes < 5 * len(BOARDS):
-        raise EdgemetaError(f"the demo needs {5 * len(BOARDS)} unseen classes (5 per board), "
-                            f"got {unseen.num_classes}; raise n_classes")
     rng = np.random.default_rng(config.seed)
     unseen_classes = rng.permutation(unseen.num_classes)
     homes, expected = {}, {}
@@ -164,16 +158,19 @@ def _all_reported(states, expected: dict[str, int]) -> bool:
 
 
 def _start_agents(homes: dict[str, Path], broker_url: str) -> list[subprocess.Popen]:
-    procs = []
+    procs: list[subprocess.Popen] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for (device_id, board, _), home in zip(BOARDS, homes.values()):
-        log = open(home / "agent.log", "wb")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "edgemeta", "device", "run", "--home", str(home),
-             "--id", device_id, "--fleet", "demo", "--board", board, "--broker", broker_url,
-             "--interval", "1", "--poll", "0.5"],
-            stdout=log, stderr=subprocess.STDOUT, env=env))
-        log.close()
+    try:
+        for (device_id, board, _), home in zip(BOARDS, homes.values()):
+            with open(home / "agent.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "edgemeta", "device", "run", "--home", str(home),
+                     "--id", device_id, "--fleet", "demo", "--board", board, "--broker",
+                     broker_url, "--interval", "1", "--poll", "0.5"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))
+    except BaseException:
+        _stop_agents(procs)
+        raise
     return procs
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "BundleError",
     "BoardError",
     "FlashError",
+    "ConfigError",
     "DataError",
     "InputError",
     "StateError",
@@ -34,6 +35,10 @@ class BoardError(EdgemetaError):
 
 class FlashError(EdgemetaError):
     """A bundle could not be installed on a board; the previous model stays current."""
+
+
+class ConfigError(EdgemetaError, ValueError):
+    """A training or conversion setting out of range."""
 
 
 class DataError(EdgemetaError):

@@ -6,17 +6,31 @@ Host only (needs ``edgemeta[host]``). Each step is one call into the stage packa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, read_bundle
-from edgemeta.data import EpisodeSampler, ImageClassDataset, load_image_folder, load_omniglot, make_glyph_dataset
-from edgemeta.errors import DataError
+from edgemeta.data import (
+    EpisodeSampler,
+    ImageClassDataset,
+    load_image_folder,
+    load_omniglot,
+    make_glyph_dataset,
+)
+from edgemeta.errors import ConfigError, DataError
 from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_protonet
-from edgemeta.quantize import QuantReport, compare_float_int8, convert_float, convert_int8, export_bundle
-from edgemeta.quantize import representative_sample
+from edgemeta.quantize import (
+    QuantReport,
+    compare_float_int8,
+    convert_float,
+    convert_int8,
+    export_bundle,
+    make_manifest,
+    representative_sample,
+)
 
 __all__ = ["DataSplit", "load_source", "split_source", "train_run", "bundle_run", "load_run"]
 
@@ -30,11 +44,18 @@ class DataSplit:
     seed: int = 0
 
 
+@lru_cache(maxsize=2)
 def load_source(source: str) -> ImageClassDataset:
-    """``synthetic[:N_CLASSES]``, an Omniglot-layout folder or zip, or a ``<class>/*.png`` folder."""
+    """``synthetic[:N_CLASSES]``, an Omniglot-layout folder or zip, or a ``<class>/*.png`` folder.
+
+    Cached: datasets are immutable (read-only arrays), and the demo reads one source three times.
+    """
     if source == "synthetic" or source.startswith("synthetic:"):
-        n = int(source.split(":", 1)[1]) if ":" in source else 300
-        return make_glyph_dataset(n_classes=n, seed=0)
+        count = source.split(":", 1)[1] if ":" in source else "300"
+        if not count.isdigit() or int(count) < 2:
+            raise DataError(f"data source {source!r}: expected 'synthetic' or 'synthetic:N' with "
+                            "N >= 2 classes, e.g. 'synthetic:300'")
+        return make_glyph_dataset(n_classes=int(count), seed=0)
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist; expected 'synthetic[:N]', an "
@@ -56,9 +77,9 @@ def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
               preprocessing: Preprocessing = Preprocessing(), progress: bool = True
               ) -> tuple[TrainResult, dict[str, Path]]:
     """Train on the split's training classes, validating on its unseen ones; save to ``out_dir``."""
+    train, test = split_source(split)  # validate the data before creating anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = split_source(split)
     train_x = preprocess_dataset(train, preprocessing)
     test_x = preprocess_dataset(test, preprocessing)
     result = train_protonet(train_x, train, config, val_x=test_x, val=test, progress=progress,
@@ -66,7 +87,7 @@ def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
     paths = save_training(result, out)
     meta = {"split": asdict(split), "preprocessing": asdict(preprocessing),
             "dataset": train.name, "train_classes": train.num_classes,
-            "test_classes": test.num_classes}
+            "test_classes": test.num_classes, "train_seconds": round(result.seconds, 2)}
     (out / "run.json").write_text(json.dumps(meta, indent=2))
     paths["run"] = out / "run.json"
     return result, paths
@@ -81,12 +102,17 @@ def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preproce
     if not (run / "model.keras").is_file() or not (run / "run.json").is_file():
         raise DataError(f"{run} is not a training run; expected model.keras and run.json "
                         "written by 'edgemeta train'")
-    meta = json.loads((run / "run.json").read_text())
-    config = TrainConfig(**json.loads((run / "train_config.json").read_text()))
-    pre = dict(meta["preprocessing"])
-    pre["size"] = tuple(pre["size"])
-    return (keras.models.load_model(run / "model.keras"), config, DataSplit(**meta["split"]),
-            Preprocessing(**pre), meta)
+    try:
+        meta = json.loads((run / "run.json").read_text())
+        config = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+        pre = dict(meta["preprocessing"])
+        pre["size"] = tuple(pre["size"])
+        split = DataSplit(**meta["split"])
+        preprocessing = Preprocessing(**pre)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{run}: run.json or train_config.json is missing or malformed "
+                        f"({exc.__class__.__name__}: {exc}); re-run 'edgemeta train'") from exc
+    return keras.models.load_model(run / "model.keras"), config, split, preprocessing, meta
 
 
 def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing: Preprocessing,
@@ -98,6 +124,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     The accuracies written into the bundle's provenance are the ones just measured on identical
     unseen-class episodes.
     """
+    if eval_episodes < 1:
+        raise ConfigError(f"eval_episodes must be >= 1, got {eval_episodes}")
     train, test = split_source(split)
     train_x = preprocess_dataset(train, preprocessing)
     int8 = convert_int8(model, representative_sample(train_x, 300, seed=split.seed))
@@ -106,12 +134,14 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                             dataset=dataset_name or train.name, episodes=config.episodes,
                             extra={"train": asdict(config), "split": asdict(split)})
     fields = dict(name=name, version=version, preprocessing=preprocessing)
-    # Pack once to score through the real board path, then again with the measured accuracy.
-    draft = export_bundle(int8, out_path, provenance=provenance, **fields)
-    episodes = EpisodeSampler(test, eval_way, eval_shot, eval_query, seed=split.seed + 7).take(eval_episodes)
-    report = compare_float_int8(model, preprocess_dataset(test, preprocessing), read_bundle(draft),
-                                test, episodes, float_bytes=float_bytes)
-    provenance = Provenance(**{**asdict(provenance), "float_accuracy": report.float_accuracy.mean,
-                               "int8_accuracy": report.int8_accuracy.mean})
+    # Score the in-memory bundle through the board runtime, then write it once, with the
+    # accuracies just measured: a crash never leaves a bundle without its figures.
+    draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)
+    episodes = EpisodeSampler(test, eval_way, eval_shot, eval_query,
+                              seed=split.seed + 7).take(eval_episodes)
+    report = compare_float_int8(model, preprocess_dataset(test, preprocessing), draft, test,
+                                episodes, float_bytes=float_bytes)
+    provenance = replace(provenance, float_accuracy=report.float_accuracy.mean,
+                         int8_accuracy=report.int8_accuracy.mean)
     path = export_bundle(int8, out_path, provenance=provenance, **fields)
     return read_bundle(path), report

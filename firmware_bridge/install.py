@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PREVIOUS_POINTER = "previous"
 # Names atomic_write_bytes gives its temporary files; left behind only if a process was killed.
-_TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+_TMP_RE = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)

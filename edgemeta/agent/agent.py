@@ -4,7 +4,8 @@ It loads the current bundle from the board home, enrolls ``inbox/enroll/<label>/
 classifies ``inbox/classify/*.png`` (and ``inbox/classify/<label>/*.png``, whose folder names the
 expected label so the board can measure its own few-shot accuracy), appends results to
 ``outbox/results.jsonl`` and reports over MQTT. Processed files move to ``inbox/done/`` so that
-nothing is enrolled twice and nothing the user gave is deleted.
+nothing is enrolled twice and nothing the user gave is deleted; unreadable files move to
+``inbox/failed/`` with an error record.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemeta import __version__
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
 from edgemeta.agent.stats import AccuracyCounter, LatencyWindow
 from edgemeta.runtime.classifier import FewShotClassifier
+from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
+
+if TYPE_CHECKING:
+    from edgemeta.fleet import DeviceStatus
 
 __all__ = ["DeviceAgent", "InboxReport", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm")
+RECONNECT_S = 15.0  # between attempts to reach a broker that was down when the agent started
 
 
 @dataclass(frozen=True)
@@ -58,106 +64,176 @@ class DeviceAgent:
         self.latency = LatencyWindow()
         self.accuracy = AccuracyCounter()
         self._stop = threading.Event()
+        # Reporter threads read the store and counters while the main loop changes them.
+        self._lock = threading.RLock()
+        self._reporting = False
+        self._next_connect = 0.0
         self.reporter = None
+        self._reporter_args = dict(broker_url=broker_url, device_id=device_id, fleet=fleet,
+                                   interval_s=interval_s, board=board)
         if broker_url:
-            from edgemeta.fleet import DeviceReporter
+            self.reporter = self._new_reporter()
 
-            self.reporter = DeviceReporter(broker_url, device_id, fleet=fleet, interval_s=interval_s,
-                                           status=self.status, board=board,
-                                           backend=self.classifier.backend)
+    def _new_reporter(self):
+        from edgemeta.fleet import DeviceReporter
 
-    def status(self):
-        """A snapshot of what the board is doing, for the reporter."""
+        a = self._reporter_args
+        return DeviceReporter(a["broker_url"], a["device_id"], fleet=a["fleet"],
+                              interval_s=a["interval_s"], status=self.status, board=a["board"],
+                              backend=self.classifier.backend)
+
+    def status(self) -> "DeviceStatus":
+        """A consistent snapshot of what the board is doing, for the reporter's threads."""
         from edgemeta.fleet import DeviceStatus
 
-        p50, p95 = self.latency.percentiles_ms(50, 95)
-        m = self.classifier.manifest
-        return DeviceStatus(
-            model_version=m.version, model_sha256=m.model_sha256,
-            labels=list(self.classifier.labels), inference_count=self.latency.count,
-            latency_p50_ms=p50, latency_p95_ms=p95,
-            accuracy=self.accuracy.accuracy, evaluated=self.accuracy.evaluated,
-        )
+        with self._lock:
+            p50, p95 = self.latency.percentiles_ms(50, 95)
+            m = self.classifier.manifest
+            return DeviceStatus(
+                model_version=m.version, model_sha256=m.model_sha256,
+                labels=tuple(self.classifier.labels), inference_count=self.latency.count,
+                latency_p50_ms=p50, latency_p95_ms=p95,
+                accuracy=self.accuracy.accuracy, evaluated=self.accuracy.evaluated,
+            )
 
-    def _done(self, path: Path) -> None:
-        target = self.home.root / "inbox" / "done" / path.relative_to(self.home.root / "inbox")
+    def _move(self, path: Path, bucket: str) -> Path:
+        """Move an inbox file under ``inbox/<bucket>/`` keeping its relative path, never overwriting."""
+        inbox = self.home.root / "inbox"
+        target = inbox / bucket / path.relative_to(inbox)
         target.parent.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while target.exists():
+            target = target.with_name(f"{path.stem}.{n}{path.suffix}")
+            n += 1
         shutil.move(str(path), target)
+        return target
+
+    def _record(self, out, record: dict) -> None:
+        out.write(json.dumps(record) + "\n")
 
     def process_inbox(self) -> InboxReport:
-        """Enroll, then classify, whatever is waiting in the inbox."""
+        """Enroll, then classify, whatever is waiting in the inbox.
+
+        Unreadable files are moved to ``inbox/failed/`` with an error record in the results file;
+        they never block the good files next to them.
+        """
         enrolled: dict[str, int] = {}
         failed = 0
-        enroll_root = self.home.enroll_inbox
-        for label_dir in sorted(d for d in enroll_root.glob("*") if d.is_dir()):
-            files = _images_in(label_dir)
-            if not files:
-                continue
-            try:
-                enrolled[label_dir.name] = self.classifier.enroll(label_dir.name, files)
-            except EdgemetaError as exc:
-                log.error("could not enroll %s: %s", label_dir.name, exc)
-                failed += len(files)
-                continue
-            self.classifier.save()  # persist before moving files: a crash re-enrolls, never loses
-            for f in files:
-                self._done(f)
-        classified = 0
-        root = self.home.classify_inbox
-        jobs = [(p, None) for p in _images_in(root)]
-        jobs += [(p, d.name) for d in sorted(x for x in root.glob("*") if x.is_dir())
-                 for p in _images_in(d)]
-        if jobs and not self.classifier.labels:
-            log.warning("%d images wait in %s but no class is enrolled yet", len(jobs), root)
-            return InboxReport(enrolled, 0, failed)
-        if jobs:
-            self.home.results_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.home.results_path, "a", encoding="utf-8") as out:
+        self.home.results_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.home.results_path, "a", encoding="utf-8") as out:
+            for label_dir in sorted(d for d in self.home.enroll_inbox.glob("*") if d.is_dir()):
+                n, bad = self._enroll_folder(label_dir, out)
+                failed += bad
+                if n:
+                    enrolled[label_dir.name] = n
+            classified = 0
+            if self.classifier.labels:
+                root = self.home.classify_inbox
+                jobs = [(p, None) for p in _images_in(root)]
+                jobs += [(p, d.name) for d in sorted(x for x in root.glob("*") if x.is_dir())
+                         for p in _images_in(d)]
                 for path, expected in jobs:
                     record = self._classify_one(path, expected)
-                    failed += "error" in record
-                    classified += "error" not in record
-                    out.write(json.dumps(record) + "\n")
-                    self._done(path)
-                out.flush()
-                os.fsync(out.fileno())
+                    ok = "error" not in record
+                    record["moved_to"] = str(self._move(path, "done" if ok else "failed")
+                                             .relative_to(self.home.root))
+                    self._record(out, record)
+                    classified += ok
+                    failed += not ok
+            out.flush()
+            os.fsync(out.fileno())
         return InboxReport(enrolled, classified, failed)
+
+    def _enroll_folder(self, label_dir: Path, out) -> tuple[int, int]:
+        files = _images_in(label_dir)
+        images, good, bad = [], [], 0
+        for f in files:
+            try:
+                images.append(to_uint8_image(f))
+                good.append(f)
+            except EdgemetaError as exc:
+                bad += 1
+                moved = self._move(f, "failed")
+                self._record(out, {"file": str(f.relative_to(self.home.root)), "ts": time.time(),
+                                   "action": "enroll", "error": str(exc),
+                                   "moved_to": str(moved.relative_to(self.home.root))})
+        if not images:
+            return 0, bad
+        try:
+            with self._lock:
+                count = self.classifier.enroll(label_dir.name, images)
+                self.classifier.save()  # persist before moving: a crash re-enrolls, never loses
+        except EdgemetaError as exc:
+            log.error("could not enroll %s: %s", label_dir.name, exc)
+            for f in good:
+                self._move(f, "failed")
+            return 0, bad + len(good)
+        for f in good:
+            self._move(f, "done")
+        return count, bad
 
     def _classify_one(self, path: Path, expected: str | None) -> dict:
         record: dict = {"file": str(path.relative_to(self.home.root)), "ts": time.time(),
                         "model_version": self.classifier.manifest.version}
         started = time.perf_counter()
         try:
-            pred = self.classifier.classify([path])[0]
-        except EdgemetaError as exc:
-            record["error"] = str(exc)
+            image = to_uint8_image(path)
+            with self._lock:
+                pred = self.classifier.classify([image])[0]
+        except Exception as exc:  # one bad file must never stop the board
+            record["error"] = str(exc) if isinstance(exc, EdgemetaError) else repr(exc)
             return record
-        self.latency.add(time.perf_counter() - started)
+        with self._lock:
+            self.latency.add(time.perf_counter() - started)
+            if expected is not None:
+                self.accuracy.add(pred.label, expected)
         record.update(label=pred.label, score=round(pred.score, 4))
         if expected is not None:
             record["expected"] = expected
-            self.accuracy.add(pred.label, expected)
         return record
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler)."""
         self._stop.set()
 
+    def _report(self, now: bool) -> None:
+        """Connect the reporter if needed and publish; a broker outage never stops the board."""
+        if self.reporter is None:
+            return
+        from edgemeta.errors import FleetError
+
+        if not self._reporting:
+            if time.monotonic() < self._next_connect:
+                return
+            try:
+                self.reporter.start()
+                self._reporting = True
+            except FleetError as exc:
+                # A reporter that failed to start cannot be restarted: make a fresh one, later.
+                log.warning("cannot report (%s); working offline, retrying in %g s", exc,
+                            RECONNECT_S)
+                self.reporter = self._new_reporter()
+                self._next_connect = time.monotonic() + RECONNECT_S
+            return
+        if now:
+            try:
+                self.reporter.publish_now()
+            except FleetError as exc:  # paho reconnects by itself; the next telemetry catches up
+                log.warning("telemetry not acknowledged (%s); will retry", exc)
+
     def run(self, *, poll_s: float = 1.0, duration_s: float | None = None, once: bool = False) -> None:
         """Report, process the inbox, and keep polling until :meth:`stop`, the duration, or ``once``."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        if self.reporter:
-            self.reporter.start()
+        self._report(now=False)
         try:
             while True:
                 report = self.process_inbox()
-                if self.reporter and (report.enrolled or report.classified):
-                    self.reporter.publish_now()
+                self._report(now=bool(report.enrolled or report.classified or report.failed))
                 if once or self._stop.is_set():
                     break
                 timeout = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
                 if timeout <= 0 or self._stop.wait(timeout):
                     break
         finally:
-            if self.reporter:
+            if self.reporter is not None and self._reporting:
                 self.reporter.stop()

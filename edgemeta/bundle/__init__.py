@@ -11,7 +11,8 @@ from edgemeta.bundle.archive import (
     read_bundle,
     sha256_hex,
 )
-from edgemeta.bundle.home import BoardHome, atomic_write_bytes
+from edgemeta.bundle._fs import atomic_write_bytes
+from edgemeta.bundle.home import BoardHome
 from edgemeta.bundle.manifest import (
     SCHEMA_VERSION,
     InputSpec,

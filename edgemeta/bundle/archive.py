@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.bundle.manifest import Manifest
 from edgemeta.errors import BundleError
 
@@ -63,18 +64,7 @@ def bundle_bytes(manifest: Manifest, model: bytes) -> bytes:
 def pack_bundle(manifest: Manifest, model: bytes, path: str | os.PathLike[str]) -> Path:
     """Write a bundle file atomically (temporary file, fsync, rename) and return its path."""
     out = Path(path)
-    data = bundle_bytes(manifest, model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(out, bundle_bytes(manifest, model))
     return out
 
 
@@ -109,6 +99,11 @@ def read_bundle(source: str | os.PathLike[str] | bytes) -> Bundle:
             raise BundleError(
                 f"{where} holds {sorted(names)}; expected exactly {sorted(_MEMBERS)}"
             )
+        for info in zf.infolist():
+            # Stored members only: nothing in a bundle may expand beyond what is on disk.
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_BUNDLE_BYTES:
+                raise BundleError(f"{where}: member {info.filename} is compressed or larger than "
+                                  f"{MAX_BUNDLE_BYTES} bytes; expected stored (uncompressed) members")
         try:
             manifest_raw = zf.read(MANIFEST_NAME)
             model = zf.read(MODEL_NAME)

@@ -5,7 +5,9 @@
     HOME/
       current                  text file naming the current version (atomic pointer)
       models/<version>/model.edgemeta
-      state/prototypes.npz     what the board learned (enrolled classes)
+      state/<model>/prototypes.npz  what the board learned with each model (<model>: the
+                               first 16 hex digits of its SHA-256), so an update or a
+                               rollback never mixes embedding spaces or loses classes
       inbox/enroll/<label>/*.png, inbox/classify/[<label>/]*.png
       outbox/results.jsonl
 
@@ -19,46 +21,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.bundle.archive import BUNDLE_SUFFIX
 from edgemeta.bundle.manifest import validate_version
 from edgemeta.errors import BundleError
 
-__all__ = ["BoardHome", "atomic_write_bytes"]
+__all__ = ["BoardHome"]
 
 BUNDLE_FILE = "model" + BUNDLE_SUFFIX
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
-
-    Writes a temporary file in the same directory, fsyncs it, renames it over ``path`` and fsyncs
-    the directory so the rename itself is durable.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -83,9 +53,9 @@ class BoardHome:
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    @property
-    def prototypes_path(self) -> Path:
-        return self.state_dir / "prototypes.npz"
+    def prototypes_path(self, model_sha256: str) -> Path:
+        """Where the prototypes learned with the model of this SHA-256 are kept."""
+        return self.state_dir / model_sha256[:16] / "prototypes.npz"
 
     @property
     def enroll_inbox(self) -> Path:
@@ -111,7 +81,13 @@ class BoardHome:
             text = self.pointer.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
-        return validate_version(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{self.pointer} is unreadable ({exc}); expected a text file naming "
+                              "the current version; re-flash or roll back to repair it") from exc
+        try:
+            return validate_version(text)
+        except BundleError as exc:
+            raise BundleError(f"{self.pointer} is damaged: {exc}") from exc
 
     def current_bundle(self) -> Path:
         """Path of the current bundle; raise :class:`BundleError` if there is none."""

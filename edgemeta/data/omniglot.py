@@ -19,10 +19,10 @@ from PIL import Image
 
 from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.errors import DataError
+from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, image_to_array
 
 __all__ = ["IMAGE_SUFFIXES", "load_image_folder", "load_omniglot"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _OMNIGLOT_LAYOUT = "<alphabet>/<character>/<drawing>.png"
 _FOLDER_LAYOUT = "<class>/<image>.png (or .jpg/.jpeg/.bmp)"
 
@@ -109,7 +109,9 @@ def _open_source(path: PathLike, *, allow_zip: bool, max_depth: int, what: str) 
 def _decode(data: bytes, where: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.convert("L")  # convert() forces a full decode, so truncation shows here
+            im.load()  # forces a full decode, so truncation shows here
+            # The board's own decoding (transparency onto white paper), then grayscale.
+            return Image.fromarray(image_to_array(im)).convert("L")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(
             f"cannot read image {where}: {exc}; expected a valid PNG/JPEG/BMP file"

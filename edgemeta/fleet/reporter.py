@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 # Bound paho's outgoing queue: telemetry keeps being produced while the broker is away, and a board
 # has little memory. Older messages are still delivered on reconnect; newer ones are dropped.
 _MAX_QUEUED = 100
+# Payloads are capped at 64 KiB; a board with thousands of classes must still report. The first
+# MAX_LABELS_SENT labels are sent; n_classes stays exact.
+MAX_LABELS_SENT = 256
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ class DeviceReporter:
         return Birth(
             device_id=self._device_id, fleet=self._fleet, session=self.session, ts=time.time(),
             model_version=st.model_version, model_sha256=st.model_sha256, backend=self._backend,
-            board=self._board, labels=tuple(st.labels), agent_version=__version__,
+            board=self._board, labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
         )
 
     def _publish_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo]:
@@ -290,7 +293,7 @@ class DeviceReporter:
                 device_id=self._device_id, fleet=self._fleet, session=self.session,
                 seq=self._seq, ts=time.time(), uptime_s=time.monotonic() - self._t0,
                 model_version=st.model_version, model_sha256=st.model_sha256,
-                labels=tuple(st.labels), n_classes=len(st.labels),
+                labels=tuple(st.labels[:MAX_LABELS_SENT]), n_classes=len(st.labels),
                 inference_count=st.inference_count, latency_p50_ms=st.latency_p50_ms,
                 latency_p95_ms=st.latency_p95_ms, rss_bytes=rss, accuracy=st.accuracy,
                 evaluated=st.evaluated,

@@ -13,7 +13,7 @@ import numpy as np
 from edgemeta._deps import require
 from edgemeta.bundle.manifest import Preprocessing
 from edgemeta.data import EpisodeSampler, ImageClassDataset
-from edgemeta.errors import DataError
+from edgemeta.errors import ConfigError, DataError
 from edgemeta.meta.backbones import conv4
 from edgemeta.meta.evaluate import embed_float, episode_accuracies, summarize
 from edgemeta.meta.protonet import make_protonet_step
@@ -44,7 +44,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm {self.algorithm!r} unknown; expected one of {ALGORITHMS}")
+            raise ConfigError(f"algorithm {self.algorithm!r} unknown; expected one of {ALGORITHMS}")
+        minimum = {"n_way": 2, "k_shot": 1, "n_query": 1, "episodes": 1, "filters": 1,
+                   "val_every": 1, "val_way": 2, "val_shot": 1, "val_episodes": 1}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
 
 @dataclass
@@ -80,7 +88,7 @@ def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainC
         config: The run's configuration.
         val_x, val: Optional unseen classes for periodic validation (float model).
         progress: Show a tqdm progress bar with running loss and validation accuracy.
-        log_path: If given, one JSON line per logged point is appended here.
+        log_path: If given, one JSON line per logged point is written here (replacing it).
     """
     tf = require("tensorflow", "meta-training")
     keras = require("keras", "meta-training")
@@ -104,7 +112,7 @@ def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainC
     started = time.perf_counter()
     bar = tqdm(range(1, config.episodes + 1), desc="meta-train", unit="ep", disable=not progress,
                dynamic_ncols=True)
-    log_fh = open(log_path, "a", encoding="utf-8") if log_path else None
+    log_fh = open(log_path, "w", encoding="utf-8") if log_path else None
     try:
         for episode in bar:
             ep = sampler.sample()
@@ -134,13 +142,10 @@ def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainC
 
 
 def save_training(result: TrainResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``model.keras``, ``train_config.json`` and ``train_log.json`` to ``out_dir``."""
+    """Write ``model.keras`` and ``train_config.json`` (the log was written while training)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out / "model.keras", "config": out / "train_config.json",
-             "log": out / "train_log.json"}
+    paths = {"model": out / "model.keras", "config": out / "train_config.json"}
     result.model.save(paths["model"])
     paths["config"].write_text(json.dumps(asdict(result.config), indent=2))
-    paths["log"].write_text(json.dumps({"seconds": result.seconds, "history": result.history},
-                                       indent=2))
     return paths

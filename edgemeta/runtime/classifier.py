@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from edgemeta.bundle import BoardHome, Bundle, Manifest, read_bundle
-from edgemeta.errors import InputError, StateError
+from edgemeta.errors import BundleError, InputError, StateError
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.preprocess import ImageLike, preprocess_batch
 from edgemeta.runtime.prototypes import Prediction, PrototypeStore
@@ -36,9 +37,13 @@ class FewShotClassifier:
         self.embedder = Embedder(bundle, backend=backend, num_threads=num_threads)
         self.home = home
         m = bundle.manifest
+        expected = (*m.input.preprocessing.size, m.input.preprocessing.channels)
+        if self.embedder.input_shape != expected:
+            raise BundleError(f"model input is {self.embedder.input_shape} but the manifest's "
+                              f"preprocessing makes {expected}: the bundle is inconsistent")
         self.store = PrototypeStore(m.embedding_dim, m.model_sha256, m.distance)
-        if home is not None and home.prototypes_path.exists():
-            self._restore(home.prototypes_path)
+        if home is not None:
+            self._restore(home.prototypes_path(m.model_sha256))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, backend: str | None = None,
@@ -52,16 +57,23 @@ class FewShotClassifier:
         return cls(read_bundle(p), backend=backend, num_threads=num_threads)
 
     def _restore(self, path: Path) -> None:
-        stored = PrototypeStore.load(path, self.manifest.distance)
-        if stored.model_sha256 != self.manifest.model_sha256:
-            # Prototypes from another model live in another embedding space: never mix them.
-            # The file is left in place (nothing is lost); re-enroll or re-embed to migrate.
-            log.warning("ignoring %s: it was learned with model %s..., current model is %s...",
-                        path, stored.model_sha256[:12], self.manifest.model_sha256[:12])
+        """Load what was learned with this model; a damaged file is set aside, never deleted."""
+        if not path.exists():
             return
-        if stored.embedding_dim != self.manifest.embedding_dim:
-            raise StateError(f"{path} holds {stored.embedding_dim}-d prototypes; "
-                             f"expected {self.manifest.embedding_dim}-d")
+        try:
+            stored = PrototypeStore.load(path, self.manifest.distance)
+            if stored.model_sha256 != self.manifest.model_sha256:
+                raise StateError(f"{path} was learned with model {stored.model_sha256[:12]}..., "
+                                 f"not {self.manifest.model_sha256[:12]}...")
+            if stored.embedding_dim != self.manifest.embedding_dim:
+                raise StateError(f"{path} holds {stored.embedding_dim}-d prototypes; "
+                                 f"expected {self.manifest.embedding_dim}-d")
+        except StateError as exc:
+            # A board must keep running: start empty, keep the bad file for inspection.
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            log.error("%s; moved it to %s and started with no classes enrolled", exc, aside)
+            return
         self.store = stored
 
     @property
@@ -86,8 +98,7 @@ class FewShotClassifier:
 
     def enroll(self, label: str, images: Sequence[ImageLike] | np.ndarray) -> int:
         """Add examples of ``label`` (new or existing); returns how many examples it now has."""
-        if not isinstance(label, str) or not label.strip():
-            raise InputError(f"a label must be a non-empty string, got {label!r}")
+        self.store.validate_label(label)  # before the (slower) embedding
         self.store.update(label, self.embed(images))
         return self.store.count(label)
 
@@ -106,5 +117,5 @@ class FewShotClassifier:
         if path is None:
             if self.home is None:
                 raise InputError("save() needs a path when the classifier was not loaded from a board home")
-            path = self.home.prototypes_path
+            path = self.home.prototypes_path(self.manifest.model_sha256)
         return self.store.save(path)

@@ -17,10 +17,12 @@ from PIL import Image, UnidentifiedImageError
 from edgemeta.bundle.manifest import Preprocessing
 from edgemeta.errors import InputError
 
-__all__ = ["ImageLike", "load_image", "to_uint8_image", "preprocess", "preprocess_batch",
-           "quantize_input"]
+__all__ = ["IMAGE_SUFFIXES", "ImageLike", "image_to_array", "load_image", "to_uint8_image",
+           "preprocess", "preprocess_batch", "quantize_input"]
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
+# Files the agent and the folder loaders treat as images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm")
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -31,11 +33,26 @@ _RESAMPLE = {
 }
 
 
+def image_to_array(img: Image.Image) -> np.ndarray:
+    """A decoded Pillow image as uint8 HxW (grayscale) or HxWx3; transparency becomes white paper.
+
+    The one place where image modes are interpreted, shared by the board and the host's loaders.
+    """
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        return np.asarray(_flatten_alpha(img), dtype=np.uint8)
+    if img.mode in ("L", "RGB"):
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("1", "I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file into a uint8 array (HxW for grayscale, HxWx3 for colour).
 
     Raises:
-        InputError: the file is missing or is not an image Pillow can read.
+        InputError: the file is missing, is not an image Pillow can read, or is so large that
+            Pillow refuses it as a decompression bomb.
     """
     p = Path(path)
     if not p.is_file():
@@ -43,12 +60,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with Image.open(p) as img:
             img.load()
-            if img.mode in ("L", "RGB"):
-                return np.asarray(img, dtype=np.uint8)
-            if img.mode in ("1", "P", "I;16", "I", "F", "LA"):
-                return np.asarray(img.convert("L"), dtype=np.uint8)
-            return np.asarray(_flatten_alpha(img), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return image_to_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise InputError(f"{p} is not a readable image ({exc}); expected a PNG/JPEG/BMP file") from exc
 
 
@@ -132,7 +146,7 @@ def preprocess_batch(images: Iterable[ImageLike] | np.ndarray, spec: Preprocessi
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
-    """Quantise float input to the model's integer input type (round half away, saturate)."""
+    """Quantise float input to the model's integer input type (round half to even, saturate)."""
     info = np.iinfo(np.dtype(dtype))
     q = np.round(x / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from edgemeta.bundle.home import atomic_write_bytes
+from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.errors import InputError, StateError
 
 __all__ = ["Prediction", "compute_prototypes", "pairwise_distances", "classify_embeddings",
@@ -89,10 +89,17 @@ class PrototypeStore:
     def count(self, label: str) -> int:
         return self._counts.get(label, 0)
 
+    @staticmethod
+    def validate_label(label: object) -> str:
+        """Return ``label`` if it is a usable class name, else raise InputError."""
+        if not isinstance(label, str) or not label.strip() or len(label) > 200:
+            raise InputError(f"a label must be a non-empty string of at most 200 characters, "
+                             f"got {label!r}")
+        return label
+
     def update(self, label: str, embeddings: np.ndarray) -> None:
         """Fold new embeddings of ``label`` into its mean: m' = m + (sum(x) - n_new m) / (n + n_new)."""
-        if not isinstance(label, str) or not label.strip():
-            raise InputError(f"a label must be a non-empty string, got {label!r}")
+        self.validate_label(label)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim or len(embeddings) == 0:
             raise InputError(
                 f"embeddings for {label!r} have shape {embeddings.shape}; "
@@ -147,15 +154,18 @@ class PrototypeStore:
             with np.load(Path(path), allow_pickle=False) as data:
                 schema = int(data["schema"])
                 sha = str(data["model_sha256"])
-                labels = [str(x) for x in data["labels"]]
+                labels = [str(x) for x in np.atleast_1d(data["labels"])]
                 means = np.asarray(data["means"], dtype=np.float32)
                 counts = np.asarray(data["counts"], dtype=np.int64)
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise StateError(f"prototype state {path} is unreadable ({exc}); expected a file "
-                             "written by PrototypeStore.save") from exc
-        if schema != _STATE_SCHEMA or means.ndim != 2 or len(means) != len(labels) != len(counts):
-            raise StateError(f"prototype state {path} has schema {schema} / inconsistent arrays; "
-                             f"expected schema {_STATE_SCHEMA}")
+        except Exception as exc:  # np.load raises many types (BadZipFile, TypeError, ...)
+            raise StateError(f"prototype state {path} is unreadable ({exc.__class__.__name__}: "
+                             f"{exc}); expected a file written by PrototypeStore.save") from exc
+        if (schema != _STATE_SCHEMA or means.ndim != 2 or counts.ndim != 1
+                or len({len(means), len(labels), len(counts)}) != 1 or len(set(labels)) != len(labels)
+                or (counts < 1).any()):
+            raise StateError(f"prototype state {path} is inconsistent (schema {schema}, "
+                             f"{len(labels)} labels, means {means.shape}, counts {counts.shape}); "
+                             f"expected schema {_STATE_SCHEMA} with one mean and count per label")
         store = cls(means.shape[1], sha, metric)
         for label, mean, count in zip(labels, means, counts):
             store._means[label] = mean

@@ -51,7 +51,8 @@ def test_agent_processes_inbox_and_keeps_state(home):
     assert status.inference_count == 10 and status.latency_p50_ms > 0
     # Nothing left to do; nothing the user gave was deleted.
     assert not list((home / "inbox" / "enroll").rglob("*.png"))
-    assert len(list((home / "inbox" / "done").rglob("*.png"))) == 9 + 10 + 1
+    assert len(list((home / "inbox" / "done").rglob("*.png"))) == 9 + 10
+    assert [p.name for p in (home / "inbox" / "failed").rglob("*.png")] == ["broken.png"]
     # A restart (new process, same home) remembers what was enrolled.
     again = DeviceAgent(home, "dev-1")
     assert again.classifier.labels == ["g0", "g1", "g2"]
@@ -63,3 +64,44 @@ def test_agent_without_model_is_a_clear_error(tmp_path):
 
     with pytest.raises(BundleError, match="no installed model"):
         DeviceAgent(tmp_path, "dev-1")
+
+
+def test_bad_file_in_enroll_folder_does_not_block_the_label(home):
+    (home / "inbox" / "enroll" / "g0" / "junk.png").write_bytes(b"\x89PNG broken")
+    agent = DeviceAgent(home, "dev-1")
+    report = agent.process_inbox()
+    assert report.enrolled["g0"] == 3  # the three good drawings
+    assert (home / "inbox" / "failed" / "enroll" / "g0" / "junk.png").is_file()
+    errors = [json.loads(x) for x in (home / "outbox" / "results.jsonl").read_text().splitlines()
+              if "junk" in x]
+    assert errors and errors[0]["action"] == "enroll" and "not a readable image" in errors[0]["error"]
+
+
+def test_done_files_are_never_overwritten(home):
+    agent = DeviceAgent(home, "dev-1")
+    agent.process_inbox()
+    first = (home / "inbox" / "done" / "enroll" / "g0" / "0.png").read_bytes()
+    other = make_glyph_dataset(n_classes=1, per_class=1, seed=999).images[0]
+    _png(home / "inbox" / "enroll" / "g0" / "0.png", other)
+    assert agent.process_inbox().enrolled == {"g0": 4}
+    assert (home / "inbox" / "done" / "enroll" / "g0" / "0.png").read_bytes() == first
+    assert (home / "inbox" / "done" / "enroll" / "g0" / "0.1.png").is_file()
+
+
+def test_unreachable_broker_does_not_stop_the_board(home):
+    from edgemeta.fleet import free_port
+
+    agent = DeviceAgent(home, "dev-1", broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    agent.run(once=True)
+    assert agent.latency.count == 10 and agent.classifier.labels == ["g0", "g1", "g2"]
+
+
+def test_damaged_state_is_set_aside_and_the_board_starts(home):
+    agent = DeviceAgent(home, "dev-1")
+    agent.process_inbox()
+    state = agent.home.prototypes_path(agent.classifier.manifest.model_sha256)
+    state.write_bytes(state.read_bytes()[:100])  # e.g. a torn write on a card without fsync
+    again = DeviceAgent(home, "dev-1")
+    assert again.classifier.labels == []
+    kept = list(state.parent.glob("prototypes.npz.corrupt-*"))
+    assert len(kept) == 1 and kept[0].stat().st_size == 100

@@ -101,3 +101,19 @@ def test_train_convert_enroll_classify(runner, tmp_path):
     assert json.loads(r.output.splitlines()[-1])["label"] == "bar"
     r = runner.invoke(cli, ["classify", str(home), str(tmp_path / "run" / "run.json")])
     assert r.exit_code == 1 and "not a readable image" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "synthetic:abc", "--out", "OUT"], "synthetic:N"),
+    (["train", "--data", "/no/such/data", "--out", "OUT"], "does not exist"),
+    (["train", "--data", "synthetic:30", "--out", "OUT", "--way", "1"], "n_way must be"),
+    (["convert", "RUN", "--out", "OUT/x.edgemeta"], "not a training run"),
+])
+def test_host_commands_reject_bad_input_in_one_line(runner, tmp_path, args, message):
+    (tmp_path / "RUN").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("RUN", str(tmp_path / "RUN"))
+            for a in args]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()  # nothing created for a run that could not start

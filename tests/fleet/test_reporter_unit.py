@@ -80,3 +80,4 @@ def test_device_status_freezes_labels() -> None:
     st = DeviceStatus(labels=labels)
     labels.append("c")
     assert st.labels == ("a", "b")
+

@@ -5,12 +5,15 @@ Training is a few dozen episodes of a 16-filter Conv-4 on synthetic glyphs: seco
 
 from __future__ import annotations
 
-import os
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-CACHE = Path(os.environ.get("EDGEMETA_TEST_CACHE", Path(tempfile.gettempdir()) / "edgemeta-test-cache"))
+# One private folder per test process, removed when it exits.
+CACHE = Path(tempfile.mkdtemp(prefix="edgemeta-tiny-"))
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 
 
 @lru_cache(maxsize=1)
@@ -19,7 +22,7 @@ def tiny_run() -> tuple[object, Path]:
     from edgemeta.meta import TrainConfig
     from edgemeta.pipeline import DataSplit, train_run
 
-    run_dir = CACHE / f"run-{os.getpid()}"
+    run_dir = CACHE / "run"
     config = TrainConfig(n_way=5, k_shot=2, n_query=3, episodes=60, filters=16, seed=0,
                          val_every=30, val_episodes=20)
     result, _ = train_run(DataSplit("synthetic:40", 0.3, 0), config, run_dir, progress=False)

@@ -26,3 +26,16 @@ def test_fleet_status_json_and_watch(mosquitto_broker):
                                      "--fleet", "site-a", "--duration", "1.5", "--refresh", "0.5"])
         assert r.exit_code == 0, r.output
         assert "pi-7" in r.output and "1.2.3" in r.output
+
+
+def test_board_with_thousands_of_classes_still_reports(mosquitto_broker):
+    from edgemeta.fleet import FleetMonitor
+
+    labels = tuple(f"class-{i:05d}-" + "x" * 40 for i in range(5000))  # ~250 KB of names
+    with FleetMonitor(mosquitto_broker.url) as monitor, \
+            DeviceReporter(mosquitto_broker.url, "pi-big", interval_s=60,
+                           status=lambda: DeviceStatus(labels=labels)) as reporter:
+        reporter.publish_now()
+        assert monitor.wait_until(lambda st: any(s.n_classes == 5000 for s in st), 10.0), \
+            (monitor.snapshot(), monitor.errors)
+        assert monitor.error_count == 0

@@ -56,3 +56,26 @@ def test_batch_and_quantize_exact_for_unit_scale():
     np.testing.assert_array_equal(q[..., 0].astype(int), (255 - imgs.astype(int)) - 128)
     with pytest.raises(InputError, match="single path"):
         preprocess_batch("a.png", Preprocessing())
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
+def test_transparent_background_is_white_paper(tmp_path, mode):
+    rgba = np.zeros((20, 20, 4), np.uint8)          # fully transparent...
+    rgba[5:15, 8:12] = (0, 0, 0, 255)               # ...except an opaque black stroke
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        img = img.convert("LA")
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+        img.info["transparency"] = img.getpixel((0, 0))
+    img.save(tmp_path / "t.png")
+    out = preprocess(tmp_path / "t.png", Preprocessing(size=(20, 20)))
+    assert out[0, 0, 0] == pytest.approx(0.0)   # paper, not ink
+    assert out[10, 10, 0] == pytest.approx(1.0)  # ink
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    Image.new("L", (400, 400), 255).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400x400 is > 2x this: a "bomb"
+    with pytest.raises(InputError, match="not a readable image"):
+        preprocess(tmp_path / "big.png", Preprocessing())
