@@ -76,7 +76,8 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
     from edgemeta.pipeline import DataSplit, bundle_run, split_source, train_run
     from firmware_bridge import flash
 
-    console = console or Console()
+    # A log file or pipe gets a width that fits the fleet table; a terminal keeps its own.
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
     started = time.perf_counter()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
