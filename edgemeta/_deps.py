@@ -11,6 +11,7 @@ from edgemeta.errors import MissingDependencyError
 _EXTRA_OF = {
     "tensorflow": "host",
     "tqdm": "host",
+    "matplotlib": "host",
     "amqtt": "host",
     "ai_edge_litert": "device",
 }

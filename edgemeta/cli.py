@@ -43,31 +43,57 @@ def cli(verbose: bool) -> None:
 # ---------------------------------------------------------------- host: train, convert
 @cli.command()
 @click.option("--data", "source", default="synthetic", show_default=True,
-              help="'synthetic[:N_CLASSES]', an Omniglot-layout folder/zip, or a <class>/*.png folder.")
+              help="'synthetic[:N_CLASSES]', Omniglot-layout folder(s)/zip(s) (comma-separated), "
+                   "or a <class>/*.png folder.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Run directory: model.keras, train_config.json, train_log.jsonl, run.json.")
+              help="Run directory: model.keras, checkpoint.npz, train_log.jsonl, training.png.")
+@click.option("--algorithm", type=click.Choice(["protonet", "maml", "fomaml", "reptile"]),
+              default="protonet", show_default=True)
 @click.option("--way", default=20, show_default=True)
 @click.option("--shot", default=5, show_default=True)
 @click.option("--query", default=5, show_default=True)
-@click.option("--episodes", default=400, show_default=True)
+@click.option("--meta-batch", default=1, show_default=True, help="Tasks per optimisation step.")
+@click.option("--inner-steps", default=5, show_default=True, help="MAML family and Reptile.")
+@click.option("--inner-lr", default=0.4, show_default=True, help="MAML family and Reptile.")
+@click.option("--episodes", default=400, show_default=True, help="Optimisation steps.")
+@click.option("--minutes", type=float, default=None, help="Time budget; stops early when spent.")
 @click.option("--filters", default=64, show_default=True, help="Conv-4 width (= embedding size).")
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random affine and stroke-thickness augmentation.")
+@click.option("--normalize/--no-normalize", default=False, show_default=True,
+              help="Unit-length embeddings with a learned temperature.")
+@click.option("--rotations/--no-rotations", default=False, show_default=True,
+              help="Rotated training classes (x4 classes).")
+@click.option("--holdout", default="", help="Comma-separated groups (alphabets) held out for "
+              "validation instead of a random class split.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--test-fraction", default=0.3, show_default=True,
-              help="Share of classes held out as unseen for validation.")
-def train(source: str, out_dir: str, way: int, shot: int, query: int, episodes: int,
-          filters: int, lr: float, seed: int, test_fraction: float) -> None:
-    """Meta-train a prototypical network (Conv-4) on N-way K-shot episodes."""
+              help="Share of classes held out as unseen for validation (without --holdout).")
+@click.option("--checkpoint-every", default=0, show_default=True, help="Episodes; 0: at the end.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query: int,
+          meta_batch: int, inner_steps: int, inner_lr: float, episodes: int,
+          minutes: float | None, filters: int, lr: float, augment: bool, normalize: bool,
+          rotations: bool, holdout: str, seed: int, test_fraction: float,
+          checkpoint_every: int, resume: bool) -> None:
+    """Meta-train a Conv-4 embedding network on N-way K-shot episodes."""
     from edgemeta.meta import TrainConfig
     from edgemeta.pipeline import DataSplit, train_run
 
-    config = TrainConfig(n_way=way, k_shot=shot, n_query=query, episodes=episodes,
-                         filters=filters, learning_rate=lr, seed=seed)
-    result, paths = train_run(DataSplit(source, test_fraction, seed), config, out_dir)
+    config = TrainConfig(algorithm=algorithm, n_way=way, k_shot=shot, n_query=query,
+                         meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr,
+                         episodes=episodes, time_budget_s=minutes * 60 if minutes else None,
+                         filters=filters, learning_rate=lr, augment=augment, normalize=normalize,
+                         seed=seed, checkpoint_every=checkpoint_every)
+    split = DataSplit(source, test_fraction, seed,
+                      holdout_groups=tuple(g for g in holdout.split(",") if g), rotations=rotations)
+    result, paths = train_run(split, config, out_dir, resume=resume)
     last = result.history[-1] if result.history else {}
-    click.echo(f"trained {episodes} episodes in {result.seconds:.1f} s; "
-               f"val 5-way 1-shot {last.get('val_acc', float('nan')):.3f}")
-    click.echo(f"wrote {paths['model']}")
+    click.echo(f"trained {result.episodes_done} episodes in {result.seconds:.1f} s; "
+               f"val {config.val_way}-way {config.val_shot}-shot "
+               f"{last.get('val_acc', float('nan')):.3f}")
+    click.echo(f"wrote {paths['model']} and {paths['plot']}")
 
 
 @cli.command()

@@ -21,7 +21,8 @@ from edgemeta.data import (
     make_glyph_dataset,
 )
 from edgemeta.errors import ConfigError, DataError
-from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_protonet
+from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_meta
+from edgemeta.meta.plot import plot_history
 from edgemeta.quantize import (
     QuantReport,
     compare_float_int8,
@@ -42,6 +43,11 @@ class DataSplit:
     source: str
     test_fraction: float = 0.3
     seed: int = 0
+    holdout_groups: tuple[str, ...] = ()   # if given: these groups (alphabets) are the unseen set
+    rotations: bool = False                # training classes also rotated by 90/180/270 degrees
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "holdout_groups", tuple(self.holdout_groups))
 
 
 @lru_cache(maxsize=2)
@@ -56,6 +62,12 @@ def load_source(source: str) -> ImageClassDataset:
             raise DataError(f"data source {source!r}: expected 'synthetic' or 'synthetic:N' with "
                             "N >= 2 classes, e.g. 'synthetic:300'")
         return make_glyph_dataset(n_classes=int(count), seed=0)
+    if "," in source:  # several Omniglot-layout zips/folders, e.g. the two background sets
+        paths = [Path(p) for p in source.split(",")]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"data source(s) {missing} do not exist")
+        return load_omniglot(paths)
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist; expected 'synthetic[:N]', an "
@@ -69,22 +81,42 @@ def load_source(source: str) -> ImageClassDataset:
 
 
 def split_source(split: DataSplit) -> tuple[ImageClassDataset, ImageClassDataset]:
-    """(train classes, unseen classes), deterministic for the split's seed."""
-    return load_source(split.source).split_classes(1.0 - split.test_fraction, seed=split.seed)
+    """(train classes, unseen classes), deterministic for the split's seed.
+
+    Rotated copies are added to the training classes only: unseen classes stay as drawn.
+    """
+    data = load_source(split.source)
+    if split.holdout_groups:
+        unknown = sorted(set(split.holdout_groups) - set(data.class_groups))
+        if unknown:
+            raise DataError(f"holdout group(s) {unknown} are not in {split.source}; "
+                            f"groups there: {sorted(set(data.class_groups))}")
+        train, test = data.split_groups(split.holdout_groups)
+    else:
+        train, test = data.split_classes(1.0 - split.test_fraction, seed=split.seed)
+    return (train.with_rotations() if split.rotations else train), test
 
 
 def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
-              preprocessing: Preprocessing = Preprocessing(), progress: bool = True
+              preprocessing: Preprocessing = Preprocessing(), progress: bool = True,
+              resume: bool = False, strategy: Any | None = None
               ) -> tuple[TrainResult, dict[str, Path]]:
-    """Train on the split's training classes, validating on its unseen ones; save to ``out_dir``."""
+    """Train on the split's training classes, validating on its unseen ones; save to ``out_dir``.
+
+    ``out_dir`` also receives ``checkpoint.npz`` (``resume=True`` continues from it),
+    ``train_log.jsonl`` and ``training.png``.
+    """
     train, test = split_source(split)  # validate the data before creating anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_x = preprocess_dataset(train, preprocessing)
     test_x = preprocess_dataset(test, preprocessing)
-    result = train_protonet(train_x, train, config, val_x=test_x, val=test, progress=progress,
-                            log_path=out / "train_log.jsonl")
+    result = train_meta(train_x, train, config, val_x=test_x, val=test, progress=progress,
+                        log_path=out / "train_log.jsonl", checkpoint_dir=out, resume=resume,
+                        strategy=strategy)
     paths = save_training(result, out)
+    paths["plot"] = plot_history(result.history, out / "training.png",
+                                 title=f"{config.algorithm} {config.n_way}-way {config.k_shot}-shot")
     meta = {"split": asdict(split), "preprocessing": asdict(preprocessing),
             "dataset": train.name, "train_classes": train.num_classes,
             "test_classes": test.num_classes, "train_seconds": round(result.seconds, 2)}
@@ -107,7 +139,8 @@ def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preproce
         config = TrainConfig(**json.loads((run / "train_config.json").read_text()))
         pre = dict(meta["preprocessing"])
         pre["size"] = tuple(pre["size"])
-        split = DataSplit(**meta["split"])
+        split = DataSplit(**{**meta["split"],
+                             "holdout_groups": tuple(meta["split"].get("holdout_groups", ()))})
         preprocessing = Preprocessing(**pre)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{run}: run.json or train_config.json is missing or malformed "
@@ -133,7 +166,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     provenance = Provenance(algorithm=config.algorithm, n_way=config.n_way, k_shot=config.k_shot,
                             dataset=dataset_name or train.name, episodes=config.episodes,
                             extra={"train": asdict(config), "split": asdict(split)})
-    fields = dict(name=name, version=version, preprocessing=preprocessing)
+    fields = dict(name=name, version=version, preprocessing=preprocessing,
+                  normalize_embeddings=config.normalize)
     # Score the in-memory bundle through the board runtime, then write it once, with the
     # accuracies just measured: a crash never leaves a bundle without its figures.
     draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)

@@ -101,6 +101,7 @@ class Manifest:
     output_scale: float
     output_zero_point: int
     distance: str = "squared_euclidean"
+    normalize_embeddings: bool = False  # the runtime scales embeddings to unit length
     provenance: Provenance = field(default_factory=Provenance)
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")

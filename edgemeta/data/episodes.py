@@ -144,6 +144,14 @@ class EpisodeSampler:
             f"n_query={self.n_query}, seed={self.seed}, within_group={self.within_group})"
         )
 
+    def get_state(self) -> dict:
+        """The random stream's state (JSON-serialisable), for checkpoints."""
+        return self._rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Restore a state from :meth:`get_state`, so a resumed run draws the same episodes."""
+        self._rng.bit_generator.state = state
+
     def sample(self) -> Episode:
         """Draw the next episode from the sampler's random stream."""
         rng = self._rng

@@ -14,7 +14,10 @@ def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, bl
     """The Conv-4 backbone of Vinyals et al. / Snell et al.: ``blocks`` x [conv3x3, BN, ReLU, pool2].
 
     For 28x28 input and 4 blocks the output is 1x1xfilters, so the embedding has ``filters``
-    dimensions (64 by default). The batch dimension stays dynamic so the int8 model can run any
+    dimensions (64 by default).
+    Unit-length embeddings (``TrainConfig.normalize``) are applied outside the network, by the
+    loss on the host and by the runtime on the board (``Manifest.normalize_embeddings``), so the
+    int8 model stays all-integer. The batch dimension stays dynamic so the int8 model can run any
     batch size on the board.
 
     Returns:
@@ -29,4 +32,5 @@ def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, bl
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     outputs = keras.layers.Flatten(name="embedding")(x)
+
     return keras.Model(inputs, outputs, name=name)

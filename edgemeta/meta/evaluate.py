@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from edgemeta._deps import require
-from edgemeta.runtime.prototypes import classify_embeddings, compute_prototypes
+from edgemeta.runtime.prototypes import classify_embeddings, compute_prototypes, l2_normalize
 
 __all__ = ["Accuracy", "embed_float", "episode_accuracies", "summarize"]
 
@@ -32,15 +32,20 @@ def summarize(accuracies: Sequence[float]) -> Accuracy:
     return Accuracy(float(a.mean()), float(half), len(a))
 
 
-def embed_float(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Embed preprocessed images with a Keras model in inference mode, compiled (never eager)."""
+def embed_float(model: Any, x: np.ndarray, batch_size: int = 256, normalize: bool = False
+                ) -> np.ndarray:
+    """Embed preprocessed images with a Keras model in inference mode, compiled (never eager).
+
+    ``normalize`` gives unit-length embeddings, as the board does for such a model.
+    """
     tf = require("tensorflow", "float evaluation")
     fn = getattr(model, "_edgemeta_embed_fn", None)
     if fn is None:
         fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
         model._edgemeta_embed_fn = fn
     out = [fn(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float32)
+    emb = np.concatenate(out).astype(np.float32)
+    return l2_normalize(emb) if normalize else emb
 
 
 def episode_accuracies(embeddings: np.ndarray, episodes: Sequence[Any],

@@ -6,7 +6,7 @@ from typing import Any
 
 from edgemeta._deps import require
 
-__all__ = ["prototypical_logits", "prototypical_loss", "make_protonet_step"]
+__all__ = ["prototypical_logits", "prototypical_loss"]
 
 # Imported once here, not inside the traced functions: AutoGraph would try to convert the import.
 tf = require("tensorflow", "prototypical networks")
@@ -24,33 +24,12 @@ def prototypical_logits(support: Any, query: Any, n_way: int, k_shot: int) -> An
     return -d
 
 
-def prototypical_loss(support: Any, query: Any, query_labels: Any, n_way: int, k_shot: int
-                      ) -> tuple[Any, Any]:
-    """Mean cross-entropy and accuracy of an episode."""
-    logits = prototypical_logits(support, query, n_way, k_shot)
+def prototypical_loss(support: Any, query: Any, query_labels: Any, n_way: int, k_shot: int,
+                      scale: Any = 1.0) -> tuple[Any, Any]:
+    """Mean cross-entropy and accuracy of an episode (logits = scale * -distance)."""
+    logits = scale * prototypical_logits(support, query, n_way, k_shot)
     loss = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=logits))
     acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32),
                                           query_labels), tf.float32))
     return loss, acc
-
-
-def make_protonet_step(model: Any, optimizer: Any, n_way: int, k_shot: int, compiled: bool = True):
-    """Return ``step(support_x, query_x, query_labels) -> (loss, acc)``, one optimisation step.
-
-    The support and query images go through the network in one batch so that BatchNorm sees
-    the whole episode, as in the reference implementation.
-    """
-    n_support = n_way * k_shot
-
-    def step(support_x: Any, query_x: Any, query_labels: Any) -> tuple[Any, Any]:
-        x = tf.concat([support_x, query_x], axis=0)
-        with tf.GradientTape() as tape:
-            emb = model(x, training=True)
-            loss, acc = prototypical_loss(emb[:n_support], emb[n_support:], query_labels,
-                                          n_way, k_shot)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, acc
-
-    return tf.function(step, reduce_retracing=True) if compiled else step

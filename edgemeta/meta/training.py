@@ -1,10 +1,12 @@
-"""Episodic meta-training (host only): configuration, loop, progress, log and saved model."""
+"""Episodic meta-training for every learner: compiled steps, meta-batches, tf.distribute,
+time budgets, checkpoints with resume, validation, a JSON-lines log and a progress bar.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,45 +16,19 @@ from edgemeta._deps import require
 from edgemeta.bundle.manifest import Preprocessing
 from edgemeta.data import EpisodeSampler, ImageClassDataset
 from edgemeta.errors import ConfigError, DataError
+from edgemeta.meta.augment import augment_images
 from edgemeta.meta.backbones import conv4
+from edgemeta.meta.checkpoint import load_checkpoint, save_checkpoint
+from edgemeta.meta.config import ALGORITHMS, TrainConfig
 from edgemeta.meta.evaluate import embed_float, episode_accuracies, summarize
-from edgemeta.meta.protonet import make_protonet_step
+from edgemeta.meta.learners import make_learner
 from edgemeta.runtime.preprocess import preprocess_batch
 
-__all__ = ["TrainConfig", "TrainResult", "preprocess_dataset", "train_protonet", "save_training"]
+__all__ = ["ALGORITHMS", "TrainConfig", "TrainResult", "preprocess_dataset", "train_meta",
+           "train_protonet", "save_training", "make_step", "lr_at"]
 
-ALGORITHMS = ("protonet",)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; written into the bundle's provenance."""
-
-    algorithm: str = "protonet"
-    n_way: int = 20
-    k_shot: int = 5
-    n_query: int = 5
-    episodes: int = 400
-    learning_rate: float = 1e-3
-    lr_halve_every: int = 0  # 0: halve at 50 % and 75 % of the run
-    filters: int = 64
-    seed: int = 0
-    val_every: int = 100
-    val_way: int = 5
-    val_shot: int = 1
-    val_episodes: int = 100
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm {self.algorithm!r} unknown; expected one of {ALGORITHMS}")
-        minimum = {"n_way": 2, "k_shot": 1, "n_query": 1, "episodes": 1, "filters": 1,
-                   "val_every": 1, "val_way": 2, "val_shot": 1, "val_episodes": 1}
-        for name, low in minimum.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate!r}")
+tf = require("tensorflow", "meta-training")
+keras = require("keras", "meta-training")
 
 
 @dataclass
@@ -61,6 +37,8 @@ class TrainResult:
     config: TrainConfig
     history: list[dict[str, float]]
     seconds: float
+    episodes_done: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def preprocess_dataset(dataset: ImageClassDataset, spec: Preprocessing) -> np.ndarray:
@@ -68,65 +46,139 @@ def preprocess_dataset(dataset: ImageClassDataset, spec: Preprocessing) -> np.nd
     return preprocess_batch(dataset.images, spec)
 
 
-def _lr_schedule(keras: Any, config: TrainConfig) -> Any:
-    if config.lr_halve_every > 0:
-        return keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate, config.lr_halve_every, 0.5, staircase=True)
-    bounds = [max(1, config.episodes // 2), max(2, (3 * config.episodes) // 4)]
-    values = [config.learning_rate, config.learning_rate / 2, config.learning_rate / 4]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """Step schedule: halve at 50 % and again at 75 % of the run."""
+    return config.learning_rate * (0.5 ** (int(progress >= 0.5) + int(progress >= 0.75)))
 
 
-def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfig,
-                   val_x: np.ndarray | None = None, val: ImageClassDataset | None = None,
-                   progress: bool = True, log_path: Path | None = None) -> TrainResult:
-    """Meta-train a Conv-4 prototypical network on episodes of ``train``.
+def make_step(learner: Any, optimizer: Any, config: TrainConfig, strategy: Any | None = None,
+              compiled: bool = True):
+    """``step(sx, sy, qx, qy) -> (loss, acc)`` for a meta-batch (T, ...) of tasks.
+
+    Gradients are averaged over the batch's tasks and, under a ``tf.distribute`` strategy, over
+    replicas (each replica takes its share of the tasks; Keras sums replica gradients, so each
+    replica scales its own by 1/replicas).
+    """
+    gen = tf.random.Generator.from_seed(config.seed + 17)
+
+    def per_replica(sx: Any, sy: Any, qx: Any, qy: Any) -> tuple[Any, Any]:
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        n_tasks = sx.shape[0]
+        total, loss_sum, acc_sum = None, 0.0, 0.0
+        for t in range(n_tasks):  # static unroll: meta batches are small
+            s, q = sx[t], qx[t]
+            if config.augment:
+                s, q = augment_images(s, gen), augment_images(q, gen)
+            grads, loss, acc = learner.task_grads(s, sy[t], q, qy[t])
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, learner.variables)]
+            total = grads if total is None else [a + b for a, b in zip(total, grads)]
+            loss_sum += loss
+            acc_sum += acc
+        factor = 1.0 / (n_tasks * replicas)
+        optimizer.apply_gradients(zip([g * factor for g in total], learner.variables))
+        return loss_sum / n_tasks, acc_sum / n_tasks
+
+    if strategy is None:
+        fn = per_replica
+    else:
+        def fn(sx: Any, sy: Any, qx: Any, qy: Any) -> tuple[Any, Any]:
+            def split(a: Any) -> Any:
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: tf.split(a, strategy.num_replicas_in_sync)[
+                        ctx.replica_id_in_sync_group])
+            loss, acc = strategy.run(per_replica, args=tuple(split(a) for a in (sx, sy, qx, qy)))
+            mean = tf.distribute.ReduceOp.MEAN
+            return strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, acc, axis=None)
+    return tf.function(fn, reduce_retracing=True) if compiled else fn
+
+
+def _task_batch(x: np.ndarray, sampler: EpisodeSampler, config: TrainConfig):
+    eps = [sampler.sample() for _ in range(config.meta_batch)]
+    sy = np.repeat(np.arange(config.n_way, dtype=np.int32), config.k_shot)
+    qy = np.repeat(np.arange(config.n_way, dtype=np.int32), config.n_query)
+    return (np.stack([x[e.support.reshape(-1)] for e in eps]), np.tile(sy, (len(eps), 1)),
+            np.stack([x[e.query.reshape(-1)] for e in eps]), np.tile(qy, (len(eps), 1)))
+
+
+def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfig,
+               val_x: np.ndarray | None = None, val: ImageClassDataset | None = None, *,
+               progress: bool = True, log_path: Path | None = None,
+               checkpoint_dir: Path | None = None, resume: bool = False,
+               strategy: Any | None = None) -> TrainResult:
+    """Meta-train a Conv-4 embedding network with ``config.algorithm``.
 
     Args:
         train_x: ``preprocess_dataset(train, spec)``.
         train: The training classes (labels index ``train_x``).
         config: The run's configuration.
-        val_x, val: Optional unseen classes for periodic validation (float model).
-        progress: Show a tqdm progress bar with running loss and validation accuracy.
-        log_path: If given, one JSON line per logged point is written here (replacing it).
+        val_x, val: Optional unseen classes for periodic prototype validation (float model).
+        progress: Show a progress bar with the running loss and validation accuracy.
+        log_path: One JSON line per logged point (rewritten; appended to when resuming).
+        checkpoint_dir: Where ``checkpoint.npz`` goes every ``config.checkpoint_every`` episodes
+            and at the end.
+        resume: Continue from ``checkpoint_dir``'s checkpoint (same config required).
+        strategy: A ``tf.distribute`` strategy; ``meta_batch`` must divide by its replicas.
     """
-    tf = require("tensorflow", "meta-training")
-    keras = require("keras", "meta-training")
     tqdm = require("tqdm", "the training progress bar").tqdm
     if train.num_classes < config.n_way:
         raise DataError(f"training set has {train.num_classes} classes; {config.n_way}-way "
                         "episodes need at least that many")
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if config.meta_batch % replicas:
+        raise ConfigError(f"meta_batch {config.meta_batch} must be a multiple of the "
+                          f"{replicas} replicas of the distribution strategy")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    model = conv4(tuple(train_x.shape[1:]), filters=config.filters)
-    optimizer = keras.optimizers.Adam(_lr_schedule(keras, config))
-    step = make_protonet_step(model, optimizer, config.n_way, config.k_shot)
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+        model = conv4(tuple(train_x.shape[1:]), filters=config.filters)
+        learner = make_learner(config, model)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer.build(learner.variables)
+    step = make_step(learner, optimizer, config, strategy)
     sampler = EpisodeSampler(train, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     val_episodes = None
     if val is not None and val_x is not None:
-        val_episodes = EpisodeSampler(val, config.val_way, config.val_shot, 5,
-                                      seed=config.seed + 1).take(config.val_episodes)
-    query_labels = tf.constant(np.repeat(np.arange(config.n_way), config.n_query), tf.int32)
+        val_episodes = EpisodeSampler(val, config.val_way, config.val_shot, 5, seed=config.seed + 1,
+                                      within_group=config.val_within_group).take(config.val_episodes)
     history: list[dict[str, float]] = []
+    start_episode, elapsed_before = 0, 0.0
+    ckpt = checkpoint_dir / "checkpoint.npz" if checkpoint_dir else None
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise ConfigError(f"nothing to resume: no checkpoint at {ckpt}")
+        state = load_checkpoint(ckpt, learner, optimizer, config)
+        sampler.set_state(state["sampler"])
+        start_episode, elapsed_before = state["episode"], state["seconds"]
+        history = state["history"]
     losses: list[float] = []
     accs: list[float] = []
-    started = time.perf_counter()
-    bar = tqdm(range(1, config.episodes + 1), desc="meta-train", unit="ep", disable=not progress,
-               dynamic_ncols=True)
-    log_fh = open(log_path, "w", encoding="utf-8") if log_path else None
+    started = time.perf_counter() - elapsed_before
+    bar = tqdm(range(start_episode + 1, config.episodes + 1), desc=f"meta-train {config.algorithm}",
+               unit="step", disable=not progress, dynamic_ncols=True, initial=start_episode,
+               total=config.episodes)
+    log_fh = open(log_path, "a" if resume else "w", encoding="utf-8") if log_path else None
+    episode = start_episode
     try:
         for episode in bar:
-            ep = sampler.sample()
-            loss, acc = step(tf.constant(train_x[ep.support.reshape(-1)]),
-                             tf.constant(train_x[ep.query.reshape(-1)]), query_labels)
+            seconds = time.perf_counter() - started
+            frac = episode / config.episodes
+            if config.time_budget_s:
+                frac = max(frac, seconds / config.time_budget_s)
+            optimizer.learning_rate.assign(lr_at(config, frac))
+            loss, acc = step(*(tf.constant(a) for a in _task_batch(train_x, sampler, config)))
             losses.append(float(loss))
             accs.append(float(acc))
-            log_now = episode % max(1, config.val_every) == 0 or episode == config.episodes
-            if log_now:
+            out_of_time = bool(config.time_budget_s) and seconds >= config.time_budget_s
+            last = episode == config.episodes or out_of_time
+            if episode % config.val_every == 0 or last:
                 point = {"episode": episode, "loss": float(np.mean(losses[-50:])),
                          "train_acc": float(np.mean(accs[-50:])),
+                         "lr": float(optimizer.learning_rate.numpy()),
                          "seconds": round(time.perf_counter() - started, 2)}
                 if val_episodes:
-                    emb = embed_float(model, val_x)
+                    emb = embed_float(model, val_x, normalize=config.normalize)
                     point["val_acc"] = summarize(episode_accuracies(emb, val_episodes)).mean
                 history.append(point)
                 if log_fh:
@@ -134,11 +186,32 @@ def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainC
                     log_fh.flush()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in point.items()
                                  if k in ("loss", "train_acc", "val_acc")})
+            if ckpt and (last or (config.checkpoint_every and episode % config.checkpoint_every == 0)):
+                save_checkpoint(ckpt, learner, optimizer, config, episode=episode,
+                                seconds=time.perf_counter() - started,
+                                sampler=sampler.get_state(), history=history)
+            if out_of_time:
+                break
     finally:
         bar.close()
         if log_fh:
             log_fh.close()
-    return TrainResult(model, config, history, time.perf_counter() - started)
+    return TrainResult(model, config, history, time.perf_counter() - started, episode)
+
+
+def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfig,
+                   val_x: np.ndarray | None = None, val: ImageClassDataset | None = None,
+                   progress: bool = True, log_path: Path | None = None) -> TrainResult:
+    """Backwards-compatible name for :func:`train_meta` (any ``config.algorithm``)."""
+    return train_meta(train_x, train, config, val_x, val, progress=progress, log_path=log_path)
+
+
+class _null_scope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def save_training(result: TrainResult, out_dir: str | Path) -> dict[str, Path]:

@@ -16,7 +16,8 @@ __all__ = ["make_manifest", "export_bundle"]
 
 
 def make_manifest(model: bytes, *, name: str, version: str, preprocessing: Preprocessing,
-                  provenance: Provenance, distance: str = "squared_euclidean") -> Manifest:
+                  provenance: Provenance, distance: str = "squared_euclidean",
+                  normalize_embeddings: bool = False) -> Manifest:
     """Describe an int8 model by reading its own input and output tensors."""
     interp = load_interpreter(model).interpreter
     inp, out = input_details(interp), output_details(interp)
@@ -44,6 +45,7 @@ def make_manifest(model: bytes, *, name: str, version: str, preprocessing: Prepr
         output_scale=float(out_scale),
         output_zero_point=int(out_zero),
         distance=distance,
+        normalize_embeddings=normalize_embeddings,
         provenance=provenance,
     )
 

@@ -74,7 +74,9 @@ def compare_float_int8(model: Any, x: np.ndarray, bundle: Bundle, dataset: Image
         dataset: Unseen classes, raw images (for the board runtime).
         episodes: The episodes both are scored on.
     """
-    float_accs = episode_accuracies(embed_float(model, x), episodes, bundle.manifest.distance)
+    m = bundle.manifest
+    float_accs = episode_accuracies(embed_float(model, x, normalize=m.normalize_embeddings),
+                                    episodes, m.distance)
     int8_accs = int8_episode_accuracies(bundle, dataset, episodes, backend)
     n_way, k_shot = episodes[0].support.shape
     return QuantReport(int(n_way), int(k_shot), summarize(float_accs), summarize(int8_accs),

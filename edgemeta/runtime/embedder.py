@@ -14,6 +14,7 @@ from edgemeta.bundle import Bundle
 from edgemeta.errors import InputError
 from edgemeta.runtime.backends import load_interpreter
 from edgemeta.runtime.preprocess import quantize_input
+from edgemeta.runtime.prototypes import l2_normalize
 
 __all__ = ["Embedder", "input_details", "output_details", "set_batch_size", "invoke_batch"]
 
@@ -89,5 +90,7 @@ class Embedder:
         self.last_invoke_s = time.perf_counter() - started
         raw = np.concatenate(chunks) if chunks else np.zeros((0, self.manifest.embedding_dim))
         if self.out_scale == 0.0:  # float output
-            return raw.astype(np.float32)
-        return (raw.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+            emb = raw.astype(np.float32)
+        else:
+            emb = (raw.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+        return l2_normalize(emb) if self.manifest.normalize_embeddings else emb

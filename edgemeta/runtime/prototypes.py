@@ -16,7 +16,7 @@ import numpy as np
 from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.errors import InputError, StateError
 
-__all__ = ["Prediction", "compute_prototypes", "pairwise_distances", "classify_embeddings",
+__all__ = ["Prediction", "compute_prototypes", "l2_normalize", "pairwise_distances", "classify_embeddings",
            "PrototypeStore"]
 
 _STATE_SCHEMA = 1
@@ -27,6 +27,11 @@ class Prediction(NamedTuple):
 
     label: str
     score: float
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (rows of zeros stay zero)."""
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def compute_prototypes(embeddings: np.ndarray, labels: Sequence[str] | np.ndarray
