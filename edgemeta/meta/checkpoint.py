@@ -20,15 +20,20 @@ from edgemeta.meta.config import TrainConfig
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 
-def _tracked(learner: Any, optimizer: Any) -> list[Any]:
+def _tracked(learner: Any, optimizer: Any, extra: list[Any]) -> list[Any]:
     return (list(learner.backbone.weights) + list(learner.extra_variables)
-            + list(optimizer.variables))
+            + list(optimizer.variables) + list(extra))
 
 
 def save_checkpoint(path: Path, learner: Any, optimizer: Any, config: TrainConfig, *,
-                    episode: int, seconds: float, sampler: dict, history: list[dict]) -> None:
-    """Write everything needed to continue the run exactly where it stopped."""
-    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(_tracked(learner, optimizer))}
+                    episode: int, seconds: float, sampler: dict, history: list[dict],
+                    extra: list[Any] = ()) -> None:
+    """Write everything needed to continue the run exactly where it stopped.
+
+    ``extra``: further variables to keep, e.g. the augmentation generator's state.
+    """
+    arrays = {f"v{i}": np.asarray(v.numpy())
+              for i, v in enumerate(_tracked(learner, optimizer, list(extra)))}
     state = {"episode": episode, "seconds": seconds, "sampler": sampler, "history": history,
              "config": asdict(config)}
     buf = io.BytesIO()
@@ -36,7 +41,8 @@ def save_checkpoint(path: Path, learner: Any, optimizer: Any, config: TrainConfi
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_checkpoint(path: Path, learner: Any, optimizer: Any, config: TrainConfig) -> dict:
+def load_checkpoint(path: Path, learner: Any, optimizer: Any, config: TrainConfig,
+                    extra: list[Any] = ()) -> dict:
     """Restore variables in place and return the saved state (episode, seconds, sampler, history).
 
     Raises:
@@ -53,7 +59,7 @@ def load_checkpoint(path: Path, learner: Any, optimizer: Any, config: TrainConfi
         if changed:
             raise ConfigError(f"checkpoint {path} was made with a different configuration "
                               f"({', '.join(changed)}); resume with the same settings")
-        tracked = _tracked(learner, optimizer)
+        tracked = _tracked(learner, optimizer, list(extra))
         if len([k for k in data.files if k.startswith("v")]) != len(tracked):
             raise ConfigError(f"checkpoint {path} holds another set of variables")
         for i, var in enumerate(tracked):

@@ -52,14 +52,14 @@ def lr_at(config: TrainConfig, progress: float) -> float:
 
 
 def make_step(learner: Any, optimizer: Any, config: TrainConfig, strategy: Any | None = None,
-              compiled: bool = True):
+              compiled: bool = True, generator: Any | None = None):
     """``step(sx, sy, qx, qy) -> (loss, acc)`` for a meta-batch (T, ...) of tasks.
 
     Gradients are averaged over the batch's tasks and, under a ``tf.distribute`` strategy, over
     replicas (each replica takes its share of the tasks; Keras sums replica gradients, so each
     replica scales its own by 1/replicas).
     """
-    gen = tf.random.Generator.from_seed(config.seed + 17)
+    gen = generator if generator is not None else tf.random.Generator.from_seed(config.seed + 17)
 
     def per_replica(sx: Any, sy: Any, qx: Any, qy: Any) -> tuple[Any, Any]:
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
@@ -136,7 +136,8 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
         learner = make_learner(config, model)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         optimizer.build(learner.variables)
-    step = make_step(learner, optimizer, config, strategy)
+        generator = tf.random.Generator.from_seed(config.seed + 17)  # augmentation stream
+    step = make_step(learner, optimizer, config, strategy, generator=generator)
     sampler = EpisodeSampler(train, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     val_episodes = None
     if val is not None and val_x is not None:
@@ -148,7 +149,7 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     if resume:
         if ckpt is None or not ckpt.is_file():
             raise ConfigError(f"nothing to resume: no checkpoint at {ckpt}")
-        state = load_checkpoint(ckpt, learner, optimizer, config)
+        state = load_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state])
         sampler.set_state(state["sampler"])
         start_episode, elapsed_before = state["episode"], state["seconds"]
         history = state["history"]
@@ -187,7 +188,8 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
                 bar.set_postfix({k: f"{v:.3f}" for k, v in point.items()
                                  if k in ("loss", "train_acc", "val_acc")})
             if ckpt and (last or (config.checkpoint_every and episode % config.checkpoint_every == 0)):
-                save_checkpoint(ckpt, learner, optimizer, config, episode=episode,
+                save_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state],
+                                episode=episode,
                                 seconds=time.perf_counter() - started,
                                 sampler=sampler.get_state(), history=history)
             if out_of_time:
