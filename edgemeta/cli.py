@@ -103,13 +103,16 @@ def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query:
 @click.option("--name", default=None, help="Model name (default: the bundle's file stem).")
 @click.option("--version", "version", default="1.0.0", show_default=True)
 @click.option("--eval-episodes", default=300, show_default=True)
-def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_episodes: int) -> None:
+@click.option("--prune", type=float, default=0.0, show_default=True,
+              help="Zero this fraction of each kernel's smallest weights before conversion.")
+def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_episodes: int,
+            prune: float) -> None:
     """Convert a training run to a full-integer int8 bundle and report float vs int8 accuracy."""
     from edgemeta.pipeline import bundle_run, load_run
 
     model, config, split, pre, _ = load_run(run_dir)
     bundle, report = bundle_run(model, config, split, pre, out_path, name=name or Path(out_path).stem,
-                                version=version, eval_episodes=eval_episodes)
+                                version=version, eval_episodes=eval_episodes, prune=prune)
     for line in report.lines():
         click.echo(line)
     click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")

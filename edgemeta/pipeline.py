@@ -29,6 +29,7 @@ from edgemeta.quantize import (
     convert_float,
     convert_int8,
     export_bundle,
+    magnitude_prune,
     make_manifest,
     representative_sample,
 )
@@ -151,7 +152,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preproce
 def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing: Preprocessing,
                out_path: str | Path, *, name: str, version: str, eval_way: int = 5,
                eval_shot: int = 1, eval_query: int = 5, eval_episodes: int = 300,
-               dataset_name: str = "") -> tuple[Bundle, QuantReport]:
+               dataset_name: str = "", prune: float = 0.0) -> tuple[Bundle, QuantReport]:
     """Convert to int8 (calibrated on training images), score float vs int8, write the bundle.
 
     The accuracies written into the bundle's provenance are the ones just measured on identical
@@ -160,12 +161,15 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     if eval_episodes < 1:
         raise ConfigError(f"eval_episodes must be >= 1, got {eval_episodes}")
     train, test = split_source(split)
+    if prune:
+        model = magnitude_prune(model, prune)
     train_x = preprocess_dataset(train, preprocessing)
     int8 = convert_int8(model, representative_sample(train_x, 300, seed=split.seed))
     float_bytes = len(convert_float(model))
     provenance = Provenance(algorithm=config.algorithm, n_way=config.n_way, k_shot=config.k_shot,
                             dataset=dataset_name or train.name, episodes=config.episodes,
-                            extra={"train": asdict(config), "split": asdict(split)})
+                            extra={"train": asdict(config), "split": asdict(split),
+                                   "prune": prune})
     fields = dict(name=name, version=version, preprocessing=preprocessing,
                   normalize_embeddings=config.normalize)
     # Score the in-memory bundle through the board runtime, then write it once, with the

@@ -51,3 +51,19 @@ def test_classifier_batches_are_consistent():
     together = clf.embed(imgs)
     single = np.concatenate([clf.embed(imgs[i:i + 1]) for i in range(len(imgs))])
     np.testing.assert_array_equal(together, single)
+
+
+def test_magnitude_pruning_zeroes_kernels_and_still_converts():
+    from edgemeta.quantize import convert_int8, kernel_sparsity, magnitude_prune
+
+    result, _ = tiny_run()
+    pruned = magnitude_prune(result.model, 0.5)
+    assert kernel_sparsity(result.model) < 0.01
+    assert abs(kernel_sparsity(pruned) - 0.5) < 0.01
+    # The original is untouched and BatchNorm statistics are carried over.
+    assert any((w != 0).all() for w in result.model.get_weights() if w.ndim == 4)
+    x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+    assert len(convert_int8(pruned, x)) > 0
+    from edgemeta.errors import ConfigError
+    with pytest.raises(ConfigError, match="sparsity"):
+        magnitude_prune(result.model, 1.0)
