@@ -64,6 +64,8 @@ class _FastWeightLearner(MetaLearner):
         super().__init__(backbone, config)
         self.dim = embedding_dim(backbone)
         self._n_backbone = len(backbone.trainable_variables)
+        # The head and the inner learning rate follow the backbone's weights (float32 normally).
+        self.dtype = tf.as_dtype(backbone.trainable_variables[0].dtype)
 
     def _forward(self, fast: Sequence[Any], non_trainable: Sequence[Any], x: Any
                  ) -> tuple[Any, list[Any]]:
@@ -91,7 +93,7 @@ class _FastWeightLearner(MetaLearner):
             ``(adapted weights, BatchNorm state from the first pass (the starting weights'),
             loss of the first pass)``.
         """
-        lr = tf.constant(self.config.inner_lr, tf.float32)
+        lr = tf.constant(self.config.inner_lr, self.dtype)
         first_state, first_loss = None, None
         deltas = None
         if first_order:
@@ -153,10 +155,10 @@ class MAMLLearner(_FastWeightLearner):
     def __init__(self, backbone: Any, config: TrainConfig) -> None:
         super().__init__(backbone, config)
         self.first_order = config.algorithm == "fomaml"
-        self.head_kernel = keras.Variable(tf.zeros((self.dim, config.n_way)), name="head_kernel",
-                                          dtype="float32")
-        self.head_bias = keras.Variable(tf.zeros((config.n_way,)), name="head_bias",
-                                        dtype="float32")
+        self.head_kernel = keras.Variable(tf.zeros((self.dim, config.n_way), self.dtype),
+                                          name="head_kernel", dtype=self.dtype.name)
+        self.head_bias = keras.Variable(tf.zeros((config.n_way,), self.dtype), name="head_bias",
+                                        dtype=self.dtype.name)
         self.extra_variables.extend([self.head_kernel, self.head_bias])
 
     def task_grads(self, sx: Any, sy: Any, qx: Any, qy: Any) -> tuple[list[Any], Any, Any]:
@@ -166,11 +168,8 @@ class MAMLLearner(_FastWeightLearner):
                                      tf.convert_to_tensor(self.head_bias)]
             fast, state, _ = self._sgd(theta, self._state(), sx, sy, self.config.inner_steps,
                                        self.first_order, tape=outer)
-            logits, qstate = self._forward(fast, state, qx)
+            logits, state = self._forward(fast, state, qx)
             loss, acc = cross_entropy_accuracy(logits, qy)
-        import os
-        if os.environ.get("STATS") == "query":
-            state = qstate
         grads = outer.gradient(loss, self.variables)
         self._assign_state(state)
         return grads, loss, acc
@@ -211,7 +210,8 @@ class ReptileLearner(_FastWeightLearner):
 
     def __init__(self, backbone: Any, config: TrainConfig) -> None:
         super().__init__(backbone, config)
-        self._head0 = [tf.zeros((self.dim, config.n_way)), tf.zeros((config.n_way,))]
+        self._head0 = [tf.zeros((self.dim, config.n_way), self.dtype),
+                      tf.zeros((config.n_way,), self.dtype)]
 
     def _adapt(self, x: Any, y: Any, steps: int) -> tuple[list[Any], list[Any], list[Any]]:
         theta = self._theta()
