@@ -54,7 +54,8 @@ def cli(verbose: bool) -> None:
 @click.option("--query", default=5, show_default=True)
 @click.option("--meta-batch", default=1, show_default=True, help="Tasks per optimisation step.")
 @click.option("--inner-steps", default=5, show_default=True, help="MAML family and Reptile.")
-@click.option("--inner-lr", default=0.4, show_default=True, help="MAML family and Reptile.")
+@click.option("--inner-lr", type=float, default=None,
+              help="MAML family and Reptile [default: 0.4; 0.1 for reptile].")
 @click.option("--episodes", default=400, show_default=True, help="Optimisation steps.")
 @click.option("--minutes", type=float, default=None, help="Time budget; stops early when spent.")
 @click.option("--filters", default=64, show_default=True, help="Conv-4 width (= embedding size).")
@@ -73,7 +74,7 @@ def cli(verbose: bool) -> None:
 @click.option("--checkpoint-every", default=0, show_default=True, help="Episodes; 0: at the end.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query: int,
-          meta_batch: int, inner_steps: int, inner_lr: float, episodes: int,
+          meta_batch: int, inner_steps: int, inner_lr: float | None, episodes: int,
           minutes: float | None, filters: int, lr: float, augment: bool, normalize: bool,
           rotations: bool, holdout: str, seed: int, test_fraction: float,
           checkpoint_every: int, resume: bool) -> None:
@@ -115,6 +116,31 @@ def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_ep
                                 version=version, eval_episodes=eval_episodes, prune=prune)
     for line in report.lines():
         click.echo(line)
+    click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--support", "support_dir", type=click.Path(exists=True, file_okay=False),
+              required=True, help="The site's examples: <label>/*.png, at least 2 per label.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--version", "version", required=True, help="Version of the adapted bundle.")
+@click.option("--steps", default=10, show_default=True, help="SGD steps on the site's examples.")
+@click.option("--lr", type=float, default=None, help="Default: the run's inner learning rate.")
+def adapt(run_dir: str, support_dir: str, out_path: str, version: str, steps: int,
+          lr: float | None) -> None:
+    """Fine-tune a (MAML-family) run on a site's few examples and re-export int8.
+
+    Reports, on held-out examples of the site's classes, whether adaptation beats plain
+    prototypes with the original model.
+    """
+    from edgemeta.pipeline import adapt_run
+
+    bundle, r = adapt_run(run_dir, support_dir, out_path, version=version, steps=steps, lr=lr)
+    click.echo(f"{r.classes} classes, {r.support} examples to adapt, {r.held_out} held out:")
+    click.echo(f"  prototypes, original model: {100 * r.prototype_accuracy:.1f} %")
+    click.echo(f"  prototypes, adapted model : {100 * r.adapted_accuracy:.1f} %  "
+               f"({'adaptation helps' if r.adaptation_helps else 'adaptation does not help: ship the original'})")
     click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")
 
 

