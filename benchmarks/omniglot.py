@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--filters", type=int, default=64)
+    p.add_argument("--size", type=int, default=28, help="input side in pixels (preprocessing)")
     p.add_argument("--augment", action="store_true")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +61,7 @@ def main() -> None:
     holdout = [] if args.holdout == "none" else args.holdout.split(",")
     train, test = data.split_groups(holdout) if holdout else (data, None)
     train = train.with_rotations()
-    spec = Preprocessing()
+    spec = Preprocessing(size=(args.size, args.size))
     train_x = preprocess_dataset(train, spec)
     test_x = preprocess_dataset(test, spec) if test is not None else None
     config = TrainConfig(
