@@ -33,6 +33,10 @@ SHARED = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR",
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 
 
+def tta_shifts(n: int) -> tuple[tuple[int, int], ...]:
+    return ((n, 0), (-n, 0), (0, n), (0, -n)) if n else ()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algorithm", default="protonet")
@@ -52,6 +56,8 @@ def main() -> None:
     p.add_argument("--augment", action="store_true")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tta-shift", type=int, default=0,
+                   help="board test-time views: the image shifted by +-N px up/down/left/right")
     p.add_argument("--episodes-eval", type=int, default=1000)
     p.add_argument("--eval-query", type=int, default=5)
     args = p.parse_args()
@@ -79,7 +85,7 @@ def main() -> None:
                             dataset=data.name, episodes=result.episodes_done,
                             extra={"train": asdict(config), "holdout": holdout})
     fields = dict(name=f"omniglot-{args.algorithm}", version="1.0.0", preprocessing=spec,
-                  normalize_embeddings=args.normalize)
+                  normalize_embeddings=args.normalize, test_time_shifts=tta_shifts(args.tta_shift))
     bundle = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)
     rows, per_alphabet = [], {}
     if test is not None:

@@ -106,14 +106,19 @@ def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query:
 @click.option("--eval-episodes", default=300, show_default=True)
 @click.option("--prune", type=float, default=0.0, show_default=True,
               help="Zero this fraction of each kernel's smallest weights before conversion.")
+@click.option("--tta-shift", type=int, default=0, show_default=True,
+              help="Board test-time views: also embed each image shifted by N px up, down, left "
+                   "and right and average (5 invocations per image).")
 def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_episodes: int,
-            prune: float) -> None:
+            prune: float, tta_shift: int) -> None:
     """Convert a training run to a full-integer int8 bundle and report float vs int8 accuracy."""
     from edgemeta.pipeline import bundle_run, load_run
 
     model, config, split, pre, _ = load_run(run_dir)
     bundle, report = bundle_run(model, config, split, pre, out_path, name=name or Path(out_path).stem,
-                                version=version, eval_episodes=eval_episodes, prune=prune)
+                                version=version, eval_episodes=eval_episodes, prune=prune,
+                                test_time_shifts=((tta_shift, 0), (-tta_shift, 0), (0, tta_shift),
+                                                  (0, -tta_shift)) if tta_shift else ())
     for line in report.lines():
         click.echo(line)
     click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")

@@ -155,7 +155,8 @@ def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preproce
 def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing: Preprocessing,
                out_path: str | Path, *, name: str, version: str, eval_way: int = 5,
                eval_shot: int = 1, eval_query: int = 5, eval_episodes: int = 300,
-               dataset_name: str = "", prune: float = 0.0) -> tuple[Bundle, QuantReport]:
+               dataset_name: str = "", prune: float = 0.0,
+               test_time_shifts: tuple[tuple[int, int], ...] = ()) -> tuple[Bundle, QuantReport]:
     """Convert to int8 (calibrated on training images), score float vs int8, write the bundle.
 
     The accuracies written into the bundle's provenance are the ones just measured on identical
@@ -174,7 +175,7 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                             extra={"train": asdict(config), "split": asdict(split),
                                    "prune": prune})
     fields = dict(name=name, version=version, preprocessing=preprocessing,
-                  normalize_embeddings=config.normalize)
+                  normalize_embeddings=config.normalize, test_time_shifts=test_time_shifts)
     # Score the in-memory bundle through the board runtime, then write it once, with the
     # accuracies just measured: a crash never leaves a bundle without its figures.
     draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)

@@ -102,6 +102,9 @@ class Manifest:
     output_zero_point: int
     distance: str = "squared_euclidean"
     normalize_embeddings: bool = False  # the runtime scales embeddings to unit length
+    # Test-time views: each image is also embedded shifted by these (dy, dx) pixels (zero fill)
+    # and the embeddings are averaged. Empty: one view. The board still only embeds and compares.
+    test_time_shifts: tuple[tuple[int, int], ...] = ()
     provenance: Provenance = field(default_factory=Provenance)
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -116,6 +119,11 @@ class Manifest:
             )
         if self.distance not in _DISTANCES:
             raise BundleError(f"manifest distance {self.distance!r} unknown; expected one of {_DISTANCES}")
+        shifts = tuple(tuple(int(v) for v in s) for s in self.test_time_shifts)
+        if any(len(s) != 2 for s in shifts) or len(shifts) > 16:
+            raise BundleError(f"manifest test_time_shifts {self.test_time_shifts!r}: expected at "
+                              "most 16 (dy, dx) pairs")
+        object.__setattr__(self, "test_time_shifts", shifts)
         if self.embedding_dim < 1:
             raise BundleError(f"manifest embedding_dim must be positive, got {self.embedding_dim}")
 

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from edgemeta._deps import require
+from edgemeta.runtime.preprocess import shifted_views
 from edgemeta.runtime.prototypes import classify_embeddings, compute_prototypes, l2_normalize
 
 __all__ = ["Accuracy", "embed_float", "episode_accuracies", "summarize"]
@@ -32,12 +33,17 @@ def summarize(accuracies: Sequence[float]) -> Accuracy:
     return Accuracy(float(a.mean()), float(half), len(a))
 
 
-def embed_float(model: Any, x: np.ndarray, batch_size: int = 256, normalize: bool = False
-                ) -> np.ndarray:
+def embed_float(model: Any, x: np.ndarray, batch_size: int = 256, normalize: bool = False,
+                shifts: Sequence[tuple[int, int]] = ()) -> np.ndarray:
     """Embed preprocessed images with a Keras model in inference mode, compiled (never eager).
 
-    ``normalize`` gives unit-length embeddings, as the board does for such a model.
+    ``normalize`` and ``shifts`` (extra test-time views, averaged) do what the board does for a
+    manifest with ``normalize_embeddings`` and ``test_time_shifts``.
     """
+    if shifts:
+        views = shifted_views(x, ((0, 0), *shifts))
+        emb = embed_float(model, views, batch_size).reshape(len(shifts) + 1, len(x), -1).mean(0)
+        return l2_normalize(emb) if normalize else emb
     tf = require("tensorflow", "float evaluation")
     fn = getattr(model, "_edgemeta_embed_fn", None)
     if fn is None:

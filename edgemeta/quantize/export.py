@@ -17,7 +17,8 @@ __all__ = ["make_manifest", "export_bundle"]
 
 def make_manifest(model: bytes, *, name: str, version: str, preprocessing: Preprocessing,
                   provenance: Provenance, distance: str = "squared_euclidean",
-                  normalize_embeddings: bool = False) -> Manifest:
+                  normalize_embeddings: bool = False,
+                  test_time_shifts: tuple[tuple[int, int], ...] = ()) -> Manifest:
     """Describe an int8 model by reading its own input and output tensors."""
     interp = load_interpreter(model).interpreter
     inp, out = input_details(interp), output_details(interp)
@@ -46,6 +47,7 @@ def make_manifest(model: bytes, *, name: str, version: str, preprocessing: Prepr
         output_zero_point=int(out_zero),
         distance=distance,
         normalize_embeddings=normalize_embeddings,
+        test_time_shifts=test_time_shifts,
         provenance=provenance,
     )
 

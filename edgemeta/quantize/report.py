@@ -75,8 +75,8 @@ def compare_float_int8(model: Any, x: np.ndarray, bundle: Bundle, dataset: Image
         episodes: The episodes both are scored on.
     """
     m = bundle.manifest
-    float_accs = episode_accuracies(embed_float(model, x, normalize=m.normalize_embeddings),
-                                    episodes, m.distance)
+    float_accs = episode_accuracies(embed_float(model, x, normalize=m.normalize_embeddings,
+                                                shifts=m.test_time_shifts), episodes, m.distance)
     int8_accs = int8_episode_accuracies(bundle, dataset, episodes, backend)
     n_way, k_shot = episodes[0].support.shape
     return QuantReport(int(n_way), int(k_shot), summarize(float_accs), summarize(int8_accs),

@@ -18,6 +18,7 @@ from edgemeta.runtime.preprocess import (
     preprocess,
     preprocess_batch,
     quantize_input,
+    shifted_views,
     to_uint8_image,
 )
 from edgemeta.runtime.prototypes import (
@@ -50,4 +51,5 @@ __all__ = [
     "preprocess_batch",
     "quantize_input",
     "set_batch_size",
+    "shifted_views",
 ]

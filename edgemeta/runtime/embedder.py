@@ -13,7 +13,7 @@ import numpy as np
 from edgemeta.bundle import Bundle
 from edgemeta.errors import InputError
 from edgemeta.runtime.backends import load_interpreter
-from edgemeta.runtime.preprocess import quantize_input
+from edgemeta.runtime.preprocess import quantize_input, shifted_views
 from edgemeta.runtime.prototypes import l2_normalize
 
 __all__ = ["Embedder", "input_details", "output_details", "set_batch_size", "invoke_batch"]
@@ -77,6 +77,10 @@ class Embedder:
                 f"model input must be a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                 f"got {x.shape}"
             )
+        shifts = self.manifest.test_time_shifts
+        n = x.shape[0]
+        if shifts:
+            x = shifted_views(x, ((0, 0), *shifts))
         chunks = []
         started = time.perf_counter()
         for start in range(0, x.shape[0], self.max_batch):
@@ -93,4 +97,6 @@ class Embedder:
             emb = raw.astype(np.float32)
         else:
             emb = (raw.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+        if shifts:
+            emb = emb.reshape(len(shifts) + 1, n, -1).mean(axis=0)
         return l2_normalize(emb) if self.manifest.normalize_embeddings else emb

@@ -18,7 +18,7 @@ from edgemeta.bundle.manifest import Preprocessing
 from edgemeta.errors import InputError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageLike", "image_to_array", "load_image", "to_uint8_image",
-           "preprocess", "preprocess_batch", "quantize_input"]
+           "preprocess", "preprocess_batch", "quantize_input", "shifted_views"]
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
 # Files the agent and the folder loaders treat as images.
@@ -142,6 +142,21 @@ def preprocess_batch(images: Iterable[ImageLike] | np.ndarray, spec: Preprocessi
     out = np.empty((len(items), height, width, spec.channels), dtype=np.float32)
     for i, item in enumerate(items):
         out[i] = preprocess(item, spec)
+    return out
+
+
+def shifted_views(x: np.ndarray, shifts: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Stack ``x`` (N, H, W, C) shifted by each (dy, dx), zero-filled: (len(shifts) * N, H, W, C).
+
+    Views are grouped by shift (all images shifted by the first pair, then the second, ...).
+    """
+    n, h, w = x.shape[:3]
+    out = np.zeros((len(shifts) * n, *x.shape[1:]), dtype=x.dtype)
+    for v, (dy, dx) in enumerate(shifts):
+        if abs(dy) >= h or abs(dx) >= w:
+            continue  # shifted entirely out of the frame: an empty view
+        src = x[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        out[v * n:(v + 1) * n, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = src
     return out
 
 

@@ -67,3 +67,25 @@ def test_magnitude_pruning_zeroes_kernels_and_still_converts():
     from edgemeta.errors import ConfigError
     with pytest.raises(ConfigError, match="sparsity"):
         magnitude_prune(result.model, 1.0)
+
+
+def test_test_time_views_average_the_shifted_embeddings():
+    """A manifest with test_time_shifts embeds the mean of the views, on the board and on the host."""
+    from dataclasses import replace
+
+    from edgemeta.bundle import Bundle
+    from edgemeta.meta import embed_float
+    from edgemeta.runtime import Embedder, shifted_views
+
+    result, _ = tiny_run()
+    _, path = tiny_bundle()
+    plain = read_bundle(path)
+    shifts = ((2, 0), (-2, 0), (0, 2), (0, -2))
+    tta = Bundle(replace(plain.manifest, test_time_shifts=shifts), plain.model)
+    x = np.random.default_rng(1).random((6, 28, 28, 1), dtype=np.float32)
+    views = shifted_views(x, ((0, 0), *shifts))
+    expected = Embedder(plain).embed(views).reshape(5, 6, -1).mean(axis=0)
+    np.testing.assert_allclose(Embedder(tta).embed(x), expected, rtol=1e-6, atol=1e-6)
+    host = embed_float(result.model, x, shifts=shifts)
+    np.testing.assert_allclose(host, embed_float(result.model, views).reshape(5, 6, -1).mean(0),
+                               rtol=1e-5, atol=1e-5)

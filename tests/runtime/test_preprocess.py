@@ -79,3 +79,16 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400x400 is > 2x this: a "bomb"
     with pytest.raises(InputError, match="not a readable image"):
         preprocess(tmp_path / "big.png", Preprocessing())
+
+
+def test_shifted_views_zero_fill_and_order():
+    from edgemeta.runtime import shifted_views
+
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+    v = shifted_views(x, ((0, 0), (1, 0), (0, -1), (9, 0)))
+    assert v.shape == (8, 4, 4, 1)
+    np.testing.assert_array_equal(v[:2], x)
+    np.testing.assert_array_equal(v[2, 1:, :, 0], x[0, :3, :, 0])   # down by one
+    assert not v[2, 0].any()                                         # filled with background
+    np.testing.assert_array_equal(v[5, :, :3, 0], x[1, :, 1:, 0])   # left by one, image 2
+    assert not v[6:].any()                                           # shifted out of frame
