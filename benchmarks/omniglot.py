@@ -25,7 +25,7 @@ import numpy as np
 
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, pack_bundle
 from edgemeta.data import EpisodeSampler, load_omniglot
-from edgemeta.meta import TrainConfig, preprocess_dataset, save_training, summarize, train_meta
+from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_meta
 from edgemeta.quantize import compare_float_int8, convert_int8, make_manifest, representative_sample
 
 SHARED = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR",
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--tta-shift", type=int, default=0,
                    help="board test-time views: the image shifted by +-N px up/down/left/right")
     p.add_argument("--episodes-eval", type=int, default=1000)
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: score OUT/model.keras (e.g. with another --tta-shift)")
     p.add_argument("--eval-query", type=int, default=5)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -77,9 +79,16 @@ def main() -> None:
         filters=args.filters, normalize=args.normalize, augment=args.augment, seed=args.seed,
         val_every=500, val_way=20, val_shot=1, val_episodes=200,
         val_within_group=True, checkpoint_every=1000)
-    result = train_meta(train_x, train, config, test_x, test, progress=True,
-                        log_path=args.out / "train_log.jsonl", checkpoint_dir=args.out)
-    save_training(result, args.out)
+    if args.eval_only:
+        import keras
+
+        old = json.loads((args.out / "results.json").read_text())
+        result = TrainResult(keras.models.load_model(args.out / "model.keras"), config,
+                             old["history"], old["train_seconds"], old["episodes"])
+    else:
+        result = train_meta(train_x, train, config, test_x, test, progress=True,
+                            log_path=args.out / "train_log.jsonl", checkpoint_dir=args.out)
+        save_training(result, args.out)
     int8 = convert_int8(result.model, representative_sample(train_x, 500, seed=args.seed))
     provenance = Provenance(algorithm=args.algorithm, n_way=args.way, k_shot=args.shot,
                             dataset=data.name, episodes=result.episodes_done,
@@ -108,12 +117,14 @@ def main() -> None:
     if w20:
         provenance = replace(provenance, float_accuracy=w20["float"]["mean"],
                              int8_accuracy=w20["int8"]["mean"])
+    suffix = f"-tta{args.tta_shift}" if args.tta_shift else ""
     path = pack_bundle(make_manifest(int8, provenance=provenance, **fields), int8,
-                       args.out / f"omniglot-{args.algorithm}.edgemeta")
-    (args.out / "results.json").write_text(json.dumps({
+                       args.out / f"omniglot-{args.algorithm}{suffix}.edgemeta")
+    (args.out / f"results{suffix if args.eval_only else ''}.json").write_text(json.dumps({
         "config": asdict(config), "holdout": holdout, "train_seconds": result.seconds,
         "episodes": result.episodes_done, "settings": rows, "per_alphabet": per_alphabet,
-        "bundle_bytes": path.stat().st_size, "history": result.history}, indent=2))
+        "bundle_bytes": path.stat().st_size, "history": result.history,
+        "tta_shift": args.tta_shift, "size": args.size}, indent=2))
     print(path)
     f = w20["float"]["mean"] if w20 else float("nan")
     i = w20["int8"]["mean"] if w20 else float("nan")

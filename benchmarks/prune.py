@@ -58,7 +58,7 @@ def main() -> None:
     holdout = results["holdout"]
     data = load_omniglot(sorted(SHARED.glob("*.zip")))
     train, test = data.split_groups(holdout)
-    size = 28 if "size" not in cfg else cfg["size"]
+    size = int(results.get("size", 28))
     spec = Preprocessing(size=(size, size))
     train_x = preprocess_dataset(train.with_rotations(), spec)
     test_x = preprocess_dataset(test, spec)
