@@ -26,6 +26,7 @@ import numpy as np
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, pack_bundle
 from edgemeta.data import EpisodeSampler, load_omniglot
 from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_meta
+from edgemeta.meta.plot import plot_history
 from edgemeta.quantize import compare_float_int8, convert_int8, make_manifest, representative_sample
 
 SHARED = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR",
@@ -89,6 +90,8 @@ def main() -> None:
         result = train_meta(train_x, train, config, test_x, test, progress=True,
                             log_path=args.out / "train_log.jsonl", checkpoint_dir=args.out)
         save_training(result, args.out)
+        plot_history(result.history, args.out / "training.png",
+                     title=f"{args.algorithm} on Omniglot, holdout {args.holdout}")
     int8 = convert_int8(result.model, representative_sample(train_x, 500, seed=args.seed))
     provenance = Provenance(algorithm=args.algorithm, n_way=args.way, k_shot=args.shot,
                             dataset=data.name, episodes=result.episodes_done,

@@ -120,3 +120,11 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and out["moved"] > 0
     assert out["diff"] < 1e-4 and out["stats"] < 0.05, out
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    from edgemeta.meta.plot import plot_history
+
+    history = [{"episode": e, "loss": 1.0 / e, "train_acc": 0.5, "val_acc": 0.4} for e in (1, 2, 3)]
+    out = plot_history(history, tmp_path / "curves.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
