@@ -118,14 +118,15 @@ def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_ep
     bundle, report = bundle_run(model, config, split, pre, out_path, name=name or Path(out_path).stem,
                                 version=version, eval_episodes=eval_episodes, prune=prune,
                                 test_time_shifts=((tta_shift, 0), (-tta_shift, 0), (0, tta_shift),
-                                                  (0, -tta_shift)) if tta_shift else ())
+                                                  (0, -tta_shift)) if tta_shift else (),
+                                run_dir=run_dir)
     for line in report.lines():
         click.echo(line)
     click.echo(f"wrote {out_path} ({bundle.manifest.name} {bundle.manifest.version})")
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", metavar="RUN_DIR|BUNDLE", type=click.Path(exists=True))
 @click.option("--support", "support_dir", type=click.Path(exists=True, file_okay=False),
               required=True, help="The site's examples: <label>/*.png, at least 2 per label.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True)

@@ -156,7 +156,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                out_path: str | Path, *, name: str, version: str, eval_way: int = 5,
                eval_shot: int = 1, eval_query: int = 5, eval_episodes: int = 300,
                dataset_name: str = "", prune: float = 0.0,
-               test_time_shifts: tuple[tuple[int, int], ...] = ()) -> tuple[Bundle, QuantReport]:
+               test_time_shifts: tuple[tuple[int, int], ...] = (),
+               run_dir: str | Path | None = None) -> tuple[Bundle, QuantReport]:
     """Convert to int8 (calibrated on training images), score float vs int8, write the bundle.
 
     The accuracies written into the bundle's provenance are the ones just measured on identical
@@ -173,7 +174,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     provenance = Provenance(algorithm=config.algorithm, n_way=config.n_way, k_shot=config.k_shot,
                             dataset=dataset_name or train.name, episodes=config.episodes,
                             extra={"train": asdict(config), "split": asdict(split),
-                                   "prune": prune})
+                                   "prune": prune,
+                                   "run_dir": str(Path(run_dir).resolve()) if run_dir else None})
     fields = dict(name=name, version=version, preprocessing=preprocessing,
                   normalize_embeddings=config.normalize, test_time_shifts=test_time_shifts)
     # Score the in-memory bundle through the board runtime, then write it once, with the
@@ -204,6 +206,19 @@ class AdaptReport:
         return self.adapted_accuracy > self.prototype_accuracy
 
 
+def run_dir_of(model: str | Path) -> Path:
+    """The training run behind ``model``: a run directory itself, or the one a bundle records."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    recorded = read_bundle(path).manifest.provenance.extra.get("run_dir")
+    if not recorded or not Path(recorded).is_dir():
+        raise DataError(f"{path} does not record a training run that exists here "
+                        f"(run_dir={recorded!r}); pass the run directory written by "
+                        "'edgemeta train' instead: adaptation needs the float model")
+    return Path(recorded)
+
+
 def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path, *,
               version: str, steps: int = 10, lr: float | None = None,
               name: str | None = None) -> tuple[Bundle, AdaptReport]:
@@ -214,6 +229,7 @@ def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path
     """
     from edgemeta.meta.adapt import adapt_model, prototype_vs_adapted
 
+    run_dir = run_dir_of(run_dir)
     model, config, split, preprocessing, _ = load_run(run_dir)
     site = load_image_folder(support_dir)
     x = preprocess_dataset(site, preprocessing)

@@ -131,7 +131,11 @@ def test_adapt_reports_and_exports(runner, tmp_path):
     assert r.exit_code == 0, r.output
     site = make_glyph_dataset(n_classes=3, per_class=4, seed=77)
     write_image_folder(site, tmp_path / "site")
-    r = runner.invoke(cli, ["adapt", str(run_dir), "--support", str(tmp_path / "site"),
+    r = runner.invoke(cli, ["convert", str(run_dir), "--out", str(tmp_path / "m.edgemeta"),
+                            "--eval-episodes", "3"])
+    assert r.exit_code == 0, r.output
+    # The bundle records its run, so a user can adapt "the bundle" directly.
+    r = runner.invoke(cli, ["adapt", str(tmp_path / "m.edgemeta"), "--support", str(tmp_path / "site"),
                             "--out", str(tmp_path / "site.edgemeta"), "--version", "1.1.0",
                             "--steps", "3"])
     assert r.exit_code == 0, r.output
