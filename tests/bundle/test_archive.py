@@ -81,3 +81,21 @@ def test_manifest_validation_messages():
 def test_missing_file():
     with pytest.raises(BundleError, match="does not exist"):
         read_bundle("/nonexistent/x.edgemeta")
+
+
+def test_written_bundle_has_ordinary_permissions(fake_bundle):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (fake_bundle().stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_shipped_omniglot_bundle_is_valid():
+    """The bundle in models/ verifies, is full-int8 and within the size budget (0.3 MB)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
+    b = read_bundle(path)
+    assert b.manifest.input.dtype == "int8" and path.stat().st_size <= 300_000
+    assert len(b.manifest.test_time_shifts) == 4
