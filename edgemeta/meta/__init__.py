@@ -12,7 +12,6 @@ from edgemeta.meta.training import (
     preprocess_dataset,
     save_training,
     train_meta,
-    train_protonet,
 )
 
 __all__ = [
@@ -35,5 +34,4 @@ __all__ = [
     "save_training",
     "summarize",
     "train_meta",
-    "train_protonet",
 ]

@@ -4,6 +4,7 @@ time budgets, checkpoints with resume, validation, a JSON-lines log and a progre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from edgemeta.meta.learners import make_learner
 from edgemeta.runtime.preprocess import preprocess_batch
 
 __all__ = ["ALGORITHMS", "TrainConfig", "TrainResult", "preprocess_dataset", "train_meta",
-           "train_protonet", "save_training", "make_step", "lr_at"]
+           "save_training", "make_step", "lr_at"]
 
 tf = require("tensorflow", "meta-training")
 keras = require("keras", "meta-training")
@@ -131,7 +132,7 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    scope = strategy.scope() if strategy is not None else _null_scope()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = conv4(tuple(train_x.shape[1:]), filters=config.filters)
         learner = make_learner(config, model)
@@ -206,21 +207,6 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     recalibrate_batch_norm(model, train_x[rng.choice(len(train_x), min(2000, len(train_x)),
                                                      replace=False)])
     return TrainResult(model, config, history, time.perf_counter() - started, episode)
-
-
-def train_protonet(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfig,
-                   val_x: np.ndarray | None = None, val: ImageClassDataset | None = None,
-                   progress: bool = True, log_path: Path | None = None) -> TrainResult:
-    """Backwards-compatible name for :func:`train_meta` (any ``config.algorithm``)."""
-    return train_meta(train_x, train, config, val_x, val, progress=progress, log_path=log_path)
-
-
-class _null_scope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def save_training(result: TrainResult, out_dir: str | Path) -> dict[str, Path]:
