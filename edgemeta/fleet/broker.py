@@ -16,11 +16,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from edgemeta._deps import require
 from edgemeta.errors import FleetError
+from edgemeta.fleet._lifecycle import StartStop
 
 __all__ = ["Broker", "MosquittoBroker", "EmbeddedBroker", "free_port", "find_mosquitto",
            "start_broker"]
@@ -59,7 +59,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-class Broker:
+class Broker(StartStop):
     """A running local broker. Use :func:`start_broker` to create one.
 
     Attributes:
@@ -96,17 +96,6 @@ class Broker:
 
     def _shutdown(self) -> None:
         raise NotImplementedError
-
-    def __enter__(self) -> Broker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

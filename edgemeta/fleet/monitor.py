@@ -9,7 +9,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -18,6 +17,7 @@ from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet.schema import Birth, Death, Telemetry, decode, parse_topic, topic_filter
 from edgemeta.fleet.view import render_table, watch
+from edgemeta.fleet._lifecycle import StartStop
 
 __all__ = ["DeviceState", "FleetMonitor", "MAX_ERRORS", "render_table", "watch"]
 
@@ -75,7 +75,7 @@ class _Device:
     telemetry: Telemetry | None = None
 
 
-class FleetMonitor:
+class FleetMonitor(StartStop):
     """Subscribes to ``edgemeta/v1/<fleet_pattern>/+/+`` and tracks every device seen.
 
     Args:
@@ -148,18 +148,6 @@ class FleetMonitor:
         self._started = False
         self._client.disconnect()
         self._client.loop_stop()
-
-    def __enter__(self) -> FleetMonitor:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- message handling -----------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,6 +16,7 @@ from edgemeta import __version__
 from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet.schema import Birth, Death, Telemetry, topic, validate_id
+from edgemeta.fleet._lifecycle import StartStop
 
 __all__ = ["DeviceStatus", "DeviceReporter"]
 
@@ -59,7 +59,7 @@ class DeviceStatus:
         object.__setattr__(self, "labels", tuple(self.labels))
 
 
-class DeviceReporter:
+class DeviceReporter(StartStop):
     """Publishes one device's birth, telemetry every ``interval_s`` and death.
 
     The Last Will (``Death(reason="lost")``, retained, QoS 1) is registered at connect time, so the
@@ -237,18 +237,6 @@ class DeviceReporter:
         # A clean DISCONNECT makes the broker discard the Last Will, so "lost" is not sent too.
         self._client.disconnect()
         self._client.loop_stop()
-
-    def __enter__(self) -> DeviceReporter:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- internals ------------------------------------------------------------------------------
 
