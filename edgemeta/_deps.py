@@ -14,6 +14,7 @@ _EXTRA_OF = {
     "matplotlib": "host",
     "amqtt": "host",
     "ai_edge_litert": "device",
+    "tflite_micro": "mcu",
 }
 
 

@@ -3,6 +3,11 @@
 A profile is plain TOML so that adding a board needs no code. Files whose name starts with ``_``
 are not boards: ``_runtimes.toml`` holds the wheel matrix of the interpreter packages.
 
+Two kinds of board: ``kind = "linux"`` (the default: a Raspberry Pi-class board that runs Python
+and installs bundles with ``edgemeta flash``) and ``kind = "mcu"`` (a microcontroller with no OS
+to speak of: the model is compiled into its firmware with TensorFlow Lite for Microcontrollers via
+``edgemeta export c``; its profile gives flash and RAM budgets instead of a Python runtime).
+
 Board-side safe: stdlib + the bundle manifest only (no TensorFlow, no numpy needed).
 """
 
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemeta.bundle.manifest import Manifest
-from edgemeta.errors import BoardError
+from edgemeta.errors import BoardError, BundleError, FlashError
 
 try:  # tomllib is stdlib from 3.11; the package still allows 3.10, where tomli is the same parser
     import tomllib as _toml
@@ -28,6 +33,8 @@ except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
 __all__ = [
     "ARCHES",
     "BOARDS_DIR_ENV",
+    "KINDS",
+    "MCU_ARCHES",
     "BoardProfile",
     "Check",
     "Compatibility",
@@ -37,11 +44,15 @@ __all__ = [
     "estimate_peak_bytes",
     "get_board",
     "list_boards",
+    "require_flashable",
     "runtime_wheels",
 ]
 
 BOARDS_DIR_ENV = "EDGEMETA_BOARDS_DIR"
 ARCHES = ("aarch64", "armv7l", "x86_64")
+KINDS = ("linux", "mcu")
+MCU_ARCHES = ("armv7e-m", "armv8-m", "riscv32", "xtensa")
+MCU_RUNTIME = "tflite-micro"  # TensorFlow Lite for Microcontrollers, linked into the firmware
 RUNTIMES_FILE = "_runtimes.toml"
 
 # Memory model (see check_bundle). Conservative on purpose: a board that swaps or gets OOM-killed
@@ -52,6 +63,12 @@ ARENA_BYTES_PER_PIXEL = 4 * 64  # float-sized buffers of a 64-filter first conv 
 WEIGHT_COPIES = 2
 RAM_BUDGET_FRACTION = 0.5  # leave half the RAM to the OS, the agent and the camera stack
 _MB = 1024 * 1024
+_KB = 1024
+# Without the model bytes, an MCU arena is guessed from the input shape for a Conv-4-like net:
+# int8 first-conv output (64 x H x W) plus its 2x2-pooled copy, both alive at once, plus the
+# persistent tail. Exact for the shipped Conv-4 activations (62,720 of 67,712 measured bytes).
+MCU_ARENA_BYTES_PER_PIXEL = 64 * 1.25
+MCU_ARENA_TAIL_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,12 @@ class BoardProfile:
 
     ``arch`` is the architecture of the Python that pip installs for (userland), which on a
     32-bit OS with a 64-bit kernel differs from ``uname -m``.
+
+    Microcontroller profiles (``kind == "mcu"``) have no Python: ``python`` is ``""``,
+    ``runtime`` is ``"tflite-micro"`` (the C++ library in the firmware), ``runtime_pip`` is
+    empty, ``ram_mb`` is 0 and ``max_threads`` 1; their memory is in ``flash_kb``, ``ram_kb``
+    (internal SRAM) and ``psram_kb``, of which ``firmware_reserve_kb`` and ``ram_reserve_kb`` are
+    kept for the firmware itself (RTOS, drivers, radio stack, application).
     """
 
     name: str
@@ -77,10 +100,26 @@ class BoardProfile:
     notes: str = ""
     storage_budget_mb: int | None = None
     source: str = ""
+    kind: str = "linux"
+    flash_kb: int | None = None
+    ram_kb: int | None = None
+    psram_kb: int | None = None
+    firmware_reserve_kb: int | None = None
+    ram_reserve_kb: int | None = None
+
+    @property
+    def is_mcu(self) -> bool:
+        """True for a microcontroller profile (TFLite Micro in the firmware, no Python)."""
+        return self.kind == "mcu"
 
     @property
     def pip_command(self) -> str:
-        """The command that installs this board's interpreter, ready to paste into a shell."""
+        """The command that installs this board's interpreter, ready to paste into a shell.
+
+        Empty for a microcontroller: nothing is pip-installed on it.
+        """
+        if not self.runtime_pip:
+            return ""
         return "pip install " + " ".join(f"'{spec}'" for spec in self.runtime_pip)
 
 
@@ -120,6 +159,9 @@ class Compatibility:
     fits: bool
     checks: tuple[Check, ...]
     board: str = ""
+    # False for a microcontroller: the bundle may fit, but reaches it only compiled into the
+    # firmware (`edgemeta export c`), never through `edgemeta flash` / dir: / ssh: / mqtt:.
+    flashable: bool = True
 
     @property
     def failures(self) -> tuple[Check, ...]:
@@ -192,10 +234,31 @@ _REQUIRED: tuple[tuple[str, type, str], ...] = (
     ("runtime.pip", list, "a list of pip requirement strings"),
 )
 _OPTIONAL: tuple[tuple[str, type, str], ...] = (
+    ("kind", str, f"one of {', '.join(KINDS)}"),
     ("notes", str, "a string"),
     ("storage_budget_mb", int, "a positive integer (MB)"),
 )
 _TABLES = ("cpu", "runtime")
+# kind = "mcu": no Python, no pip; flash and RAM budgets instead (see BoardProfile).
+_MCU_REQUIRED: tuple[tuple[str, type, str], ...] = (
+    ("name", str, "a string equal to the file name without .toml"),
+    ("kind", str, "\"mcu\""),
+    ("title", str, "a string"),
+    ("soc", str, "a string"),
+    ("arch", str, f"one of {', '.join(MCU_ARCHES)}"),
+    ("os", str, "a string such as \"FreeRTOS (ESP-IDF)\""),
+    ("cpu.cores", int, "a positive integer"),
+    ("cpu.core", str, "a string such as \"Cortex-M4F\""),
+    ("mcu.flash_kb", int, "a positive integer (KB of flash)"),
+    ("mcu.ram_kb", int, "a positive integer (KB of internal SRAM)"),
+    ("mcu.firmware_reserve_kb", int, "a positive integer (KB of flash kept for the firmware)"),
+    ("mcu.ram_reserve_kb", int, "a positive integer (KB of SRAM kept for the firmware)"),
+)
+_MCU_OPTIONAL: tuple[tuple[str, type, str], ...] = (
+    ("notes", str, "a string"),
+    ("mcu.psram_kb", int, "a positive integer (KB of external PSRAM)"),
+)
+_MCU_TABLES = ("cpu", "mcu")
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
@@ -223,11 +286,13 @@ def _typed(path: Path, data: dict[str, Any], field: str, kind: type, what: str,
     return value
 
 
-def _check_unknown(path: Path, data: dict[str, Any]) -> None:
+def _check_unknown(path: Path, data: dict[str, Any],
+                   fields: tuple[tuple[str, type, str], ...] = _REQUIRED + _OPTIONAL,
+                   tables: tuple[str, ...] = _TABLES) -> None:
     # Unknown keys are almost always typos (`ram_gb`, `max_thread`); failing loudly beats ignoring.
-    known = {f for f, _, _ in _REQUIRED + _OPTIONAL}
+    known = {f for f, _, _ in fields}
     for key, value in data.items():
-        if key in _TABLES and isinstance(value, dict):
+        if key in tables and isinstance(value, dict):
             extra = [f"{key}.{k}" for k in value if f"{key}.{k}" not in known]
         else:
             extra = [] if key in known else [key]
@@ -247,8 +312,39 @@ def _fmt_py(version: tuple[int, int]) -> str:
     return f"{version[0]}.{version[1]}"
 
 
+def _load_mcu_profile(path: Path, data: dict[str, Any]) -> BoardProfile:
+    _check_unknown(path, data, _MCU_REQUIRED + _MCU_OPTIONAL, _MCU_TABLES)
+    v = {f: _typed(path, data, f, k, w, True) for f, k, w in _MCU_REQUIRED}
+    v.update({f: _typed(path, data, f, k, w, False) for f, k, w in _MCU_OPTIONAL})
+    if v["name"] != path.stem:
+        raise BoardError(f"board profile {path}: field 'name' is {v['name']!r}; expected "
+                         f"{path.stem!r} (the file name without .toml)")
+    if v["arch"] not in MCU_ARCHES:
+        raise BoardError(f"board profile {path}: field 'arch' is {v['arch']!r}; expected one of "
+                         f"{', '.join(MCU_ARCHES)} for kind = \"mcu\"")
+    for reserve, total in (("mcu.firmware_reserve_kb", "mcu.flash_kb"),
+                           ("mcu.ram_reserve_kb", "mcu.ram_kb")):
+        if v[reserve] >= v[total]:
+            raise BoardError(f"board profile {path}: field '{reserve}' is {v[reserve]}; expected "
+                             f"less than '{total}' ({v[total]})")
+    return BoardProfile(
+        name=v["name"], title=v["title"], soc=v["soc"], cpu_cores=v["cpu.cores"],
+        cpu_core=v["cpu.core"], arch=v["arch"], ram_mb=0, os=v["os"], python="",
+        runtime=MCU_RUNTIME, runtime_pip=(), max_threads=1, notes=(v["notes"] or "").strip(),
+        source=str(path), kind="mcu", flash_kb=v["mcu.flash_kb"], ram_kb=v["mcu.ram_kb"],
+        psram_kb=v["mcu.psram_kb"], firmware_reserve_kb=v["mcu.firmware_reserve_kb"],
+        ram_reserve_kb=v["mcu.ram_reserve_kb"],
+    )
+
+
 def _load_profile(path: Path) -> BoardProfile:
     data = _read_toml(path)
+    kind = data.get("kind", "linux")
+    if kind not in KINDS:
+        raise BoardError(f"board profile {path}: field 'kind' is {kind!r}; expected one of "
+                         f"{', '.join(KINDS)}")
+    if kind == "mcu":
+        return _load_mcu_profile(path, data)
     _check_unknown(path, data)
     v = {f: _typed(path, data, f, k, w, True) for f, k, w in _REQUIRED}
     v.update({f: _typed(path, data, f, k, w, False) for f, k, w in _OPTIONAL})
@@ -413,18 +509,101 @@ def _storage_check(manifest: Manifest, board: BoardProfile, budget_mb: int) -> C
                                    f"storage budget of {budget_mb} MB")
 
 
+def require_flashable(board: BoardProfile) -> None:
+    """Refuse to flash a bundle to a microcontroller profile.
+
+    Raises:
+        BoardError: ``board`` is a microcontroller; the message says to use ``edgemeta export c``.
+    """
+    if board.is_mcu:
+        raise BoardError(f"{board.name} is a microcontroller ({board.soc}; {board.os}): a "
+                         "bundle cannot be flashed to it over dir:, ssh: or mqtt:; use "
+                         "`edgemeta export c BUNDLE --out DIR` and build the files into its "
+                         "firmware (TensorFlow Lite for Microcontrollers)")
+
+
+def _mcu_arena(manifest: Manifest, model: bytes | None) -> tuple[int, str, Check | None]:
+    """(arena bytes with margin, how it was obtained, the ops check or None without a model)."""
+    # Lazy: firmware_bridge imports this module, and the model tools are needed only for MCUs.
+    from firmware_bridge import mcu
+
+    if model is not None:
+        try:
+            ops = mcu.builtin_ops(model)
+            arena = mcu.arena_info(model)  # measured when tflite-micro is importable
+        except (BundleError, FlashError) as exc:
+            fail = Check("ops", False, str(exc))
+        else:
+            how = ("measured with tflite-micro" if arena.method == "measured" else
+                   "estimated from the flatbuffer's tensor sizes (tflite-micro not installed)")
+            verified = ("all resolved by TFLite Micro" if arena.method == "measured" else
+                        "builtin only, not checked against TFLite Micro's kernels")
+            return arena.bytes, f"{arena.raw_bytes:,} bytes {how}", Check(
+                "ops", True, f"{len(ops)} builtin ops ({', '.join(ops)}), {verified}")
+    else:
+        fail = None
+    height, width = _image_hw(manifest)
+    raw = int(MCU_ARENA_BYTES_PER_PIXEL * height * width) + MCU_ARENA_TAIL_BYTES
+    return (mcu.with_margin(raw), f"{raw:,} bytes guessed from the {height}x{width} input, "
+            "assuming a Conv-4-like net", fail)
+
+
+def _mcu_checks(manifest: Manifest, board: BoardProfile, model: bytes | None) -> list[Check]:
+    if not (board.flash_kb and board.ram_kb and board.firmware_reserve_kb and board.ram_reserve_kb):
+        raise BoardError(f"board {board.name} is a microcontroller profile without flash/RAM "
+                         "budgets; expected flash_kb, ram_kb, firmware_reserve_kb and "
+                         "ram_reserve_kb")
+    checks = [Check("runtime", True, f"{board.name} runs no Python: the model runs under "
+                                     "TensorFlow Lite for Microcontrollers compiled into the "
+                                     "firmware; deploy with `edgemeta export c BUNDLE --out DIR`, "
+                                     "not `edgemeta flash`"),
+              _int8_check(manifest)]
+    arena, how, ops = _mcu_arena(manifest, model)
+    if ops is not None:
+        checks.append(ops)
+    size = manifest.model_bytes
+    flash_budget = (board.flash_kb - board.firmware_reserve_kb) * _KB
+    flash = (f"model of {size / _KB:.1f} KB {{}} the {flash_budget // _KB} KB of flash left after "
+             f"the {board.firmware_reserve_kb} KB firmware reserve ({board.flash_kb} KB flash)")
+    checks.append(Check("flash", size <= flash_budget,
+                        flash.format("fits" if size <= flash_budget else "exceeds")))
+    ram_budget = (board.ram_kb - board.ram_reserve_kb) * _KB
+    ram = (f"tensor arena of {arena / _KB:.1f} KB ({how}, plus margin) {{}} the {ram_budget // _KB} "
+           f"KB of SRAM left after the {board.ram_reserve_kb} KB firmware reserve "
+           f"({board.ram_kb} KB SRAM)")
+    if arena <= ram_budget:
+        checks.append(Check("arena", True, ram.format("fits")))
+    elif board.psram_kb and arena <= board.psram_kb * _KB:
+        checks.append(Check("arena", True, ram.format("exceeds") + f"; it fits the "
+                            f"{board.psram_kb} KB PSRAM: allocate the arena there (slower)"))
+    else:
+        psram = f" or its {board.psram_kb} KB PSRAM" if board.psram_kb else ""
+        checks.append(Check("arena", False, ram.format("exceeds") + psram))
+    return checks
+
+
 def check_bundle(manifest: Manifest, board: BoardProfile,
-                 python_version: str | None = None) -> Compatibility:
+                 python_version: str | None = None, *, model: bytes | None = None) -> Compatibility:
     """Check that a bundle can be installed and run on a board.
 
     Checks: the board's runtime package has a wheel for its arch and Python; the model is int8;
     the estimated peak memory (:func:`estimate_peak_bytes`) is under 50 % of the board's RAM; and
     the model is under the board's storage budget, if the profile declares one.
 
+    On a microcontroller profile (``board.is_mcu``) instead: the model is int8; its ops are
+    TFLite Micro builtins (with ``model``); the model fits the flash left after the firmware
+    reserve; and the tensor arena fits the SRAM left after the RAM reserve (or the PSRAM, which
+    is slower). The arena is measured with tflite-micro when ``model`` is given and tflite-micro
+    is installed, estimated from the flatbuffer when it is not, and guessed from the input shape
+    without ``model``; the check's detail says which. ``flashable`` is False: such a board gets
+    the model through ``edgemeta export c``, not ``edgemeta flash``.
+
     Args:
-        manifest: The bundle's manifest (the model itself is not needed).
+        manifest: The bundle's manifest.
         board: The target board.
-        python_version: The board's Python if it differs from the profile's (e.g. ``"3.13"``).
+        python_version: The board's Python if it differs from the profile's (e.g. ``"3.13"``);
+            ignored for a microcontroller.
+        model: The bundle's model bytes: optional, used only for microcontroller profiles.
 
     Returns:
         A :class:`Compatibility` with every check; ``fits`` is True only if all pass.
@@ -432,6 +611,10 @@ def check_bundle(manifest: Manifest, board: BoardProfile,
     Raises:
         BoardError: ``python_version`` is not a version like ``"3.11"``.
     """
+    if board.is_mcu:
+        checks = _mcu_checks(manifest, board, model)
+        return Compatibility(fits=all(c.ok for c in checks), checks=tuple(checks),
+                             board=board.name, flashable=False)
     python = _parse_python(python_version or board.python, "check_bundle")
     checks = [_runtime_check(board, python), _int8_check(manifest), _memory_check(manifest, board)]
     if board.storage_budget_mb is not None:

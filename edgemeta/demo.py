@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from edgemeta.bundle import Preprocessing
+from edgemeta.bundle import Preprocessing, generate_keypair, init_home
 from edgemeta.errors import EdgemetaError
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -99,16 +99,22 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
     console.print(f"{config.episodes} episodes of {config.way}-way {config.shot}-shot in "
                   f"{result.seconds:.1f} s; model at {paths['model']}")
 
-    console.rule("[bold]3. int8 conversion")
+    console.rule("[bold]3. int8 conversion, signed bundle")
+    key = out / "keys" / "demo-release.key"
+    if not key.exists():  # a re-run keeps its key, as a real release key would be kept
+        key.parent.mkdir(parents=True, exist_ok=True)
+        generate_keypair(key)
     bundle_path = out / "glyphs.edgemeta"
     bundle, report = bundle_run(result.model, tconf, split, Preprocessing(), bundle_path,
-                                name="glyphs", version="1.0.0", eval_episodes=config.eval_episodes)
+                                name="glyphs", version="1.0.0", eval_episodes=config.eval_episodes,
+                                signing_key=key)
     for line in report.lines():
         console.print(line)
 
     console.rule("[bold]4. bundle and board check")
     console.print(f"bundle {bundle_path} ({bundle_path.stat().st_size / 1024:.1f} KiB), "
-                  f"model sha256 {bundle.manifest.model_sha256[:16]}...")
+                  f"model sha256 {bundle.manifest.model_sha256[:16]}..., signed by key "
+                  f"{bundle.signature.key_id if bundle.signature else 'none'}")
     for _, board, _ in BOARDS:
         console.print("  " + check_bundle(bundle.manifest, get_board(board)).summary())
 
@@ -119,11 +125,14 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
     for i, (device_id, board, shots) in enumerate(BOARDS):
         home = out / "boards" / device_id
         home.parent.mkdir(parents=True, exist_ok=True)
+        init_home(home, trust=[key.with_name(key.name + ".pub")], board=board)
         r = flash(bundle_path, f"dir:{home}", board=board)
         homes[device_id] = home
         classes = unseen_classes[5 * i: 5 * i + 5]
         expected[device_id] = _fill_inbox(home, unseen, classes, shots, config.held_back, rng)
-        console.print(f"  {device_id} ({board}): installed {r.version}; inbox: 5 unseen classes "
+        health = r.health.message if r.health else "not checked"
+        console.print(f"  {device_id} ({board}): installed {r.version}, {r.trust}, {health}")
+        console.print(f"    inbox: 5 unseen classes "
                       f"x {shots} example(s) to enroll, {expected[device_id]} images to classify")
 
     console.rule("[bold]6. broker, device agents, monitor")

@@ -10,6 +10,8 @@ __all__ = [
     "BundleError",
     "BoardError",
     "FlashError",
+    "InstallError",
+    "SignatureError",
     "ConfigError",
     "DataError",
     "InputError",
@@ -35,6 +37,24 @@ class BoardError(EdgemetaError):
 
 class FlashError(EdgemetaError):
     """A bundle could not be installed on a board; the previous model stays current."""
+
+
+class InstallError(FlashError):
+    """The board refused or could not complete an install; its previous model stays current.
+
+    Attributes:
+        reason: A short machine-readable code for reports and fleet status tables, one of
+            ``unsigned``, ``bad-signature``, ``downgrade``, ``board-mismatch``, ``damaged``,
+            ``health-check``, ``disk-full``, ``busy``, ``io``, ``conflict``.
+    """
+
+    def __init__(self, message: str, reason: str = "io") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SignatureError(BundleError):
+    """A bundle is unsigned, signed by an untrusted key, or its signature does not verify."""
 
 
 class ConfigError(EdgemetaError, ValueError):

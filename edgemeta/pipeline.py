@@ -157,11 +157,13 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                eval_shot: int = 1, eval_query: int = 5, eval_episodes: int = 300,
                dataset_name: str = "", prune: float = 0.0,
                test_time_shifts: tuple[tuple[int, int], ...] = (),
-               run_dir: str | Path | None = None) -> tuple[Bundle, QuantReport]:
+               run_dir: str | Path | None = None, signing_key: Any = None,
+               boards: tuple[str, ...] = ()) -> tuple[Bundle, QuantReport]:
     """Convert to int8 (calibrated on training images), score float vs int8, write the bundle.
 
     The accuracies written into the bundle's provenance are the ones just measured on identical
-    unseen-class episodes.
+    unseen-class episodes. ``signing_key`` (a PEM private key path) signs the bundle; ``boards``
+    names the board profiles it is built for.
     """
     if eval_episodes < 1:
         raise ConfigError(f"eval_episodes must be >= 1, got {eval_episodes}")
@@ -176,8 +178,10 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                             extra={"train": asdict(config), "split": asdict(split),
                                    "prune": prune,
                                    "run_dir": str(Path(run_dir).resolve()) if run_dir else None})
+    # The self-test vector is a real training image: it exercises the model as the board will.
     fields = dict(name=name, version=version, preprocessing=preprocessing,
-                  normalize_embeddings=config.normalize, test_time_shifts=test_time_shifts)
+                  normalize_embeddings=config.normalize, test_time_shifts=test_time_shifts,
+                  boards=tuple(boards), self_test_input=train_x[0])
     # Score the in-memory bundle through the board runtime, then write it once, with the
     # accuracies just measured: a crash never leaves a bundle without its figures.
     draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)
@@ -187,7 +191,7 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                                 episodes, float_bytes=float_bytes)
     provenance = replace(provenance, float_accuracy=report.float_accuracy.mean,
                          int8_accuracy=report.int8_accuracy.mean)
-    path = export_bundle(int8, out_path, provenance=provenance, **fields)
+    path = export_bundle(int8, out_path, provenance=provenance, signing_key=signing_key, **fields)
     return read_bundle(path), report
 
 

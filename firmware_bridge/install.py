@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
-from edgemeta.boards import check_bundle, get_board
+from edgemeta.boards import check_bundle, get_board, require_flashable
 from edgemeta.bundle import (
     MAX_BUNDLE_BYTES,
     BoardHome,
@@ -28,10 +28,15 @@ from edgemeta.bundle import (
     Manifest,
     atomic_write_bytes,
     read_bundle,
+    read_config,
     sha256_hex,
     validate_version,
 )
-from edgemeta.errors import BoardError, BundleError, FlashError
+from edgemeta.errors import BoardError, BundleError, FlashError, InstallError
+from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.health import HealthReport, health_check
+from firmware_bridge.checks import check_board, check_downgrade, check_space, check_trust, is_disk_full
+from firmware_bridge.migrate import Migration, migrate_state
 
 try:  # advisory locking so two installs into one home cannot interleave; POSIX only
     import fcntl
@@ -58,6 +63,9 @@ class InstallResult:
         path: The installed bundle inside the home.
         changed: False if the same bundle was already installed and current (nothing was done).
         pruned: Old versions removed to respect ``keep``.
+        trust: Why the board accepted the bundle (e.g. "signed by trusted key 3f2a...").
+        health: The health check's report (None if it was skipped).
+        migration: Which enrolled classes were re-learned with the new model.
     """
 
     version: str
@@ -65,6 +73,9 @@ class InstallResult:
     path: Path
     changed: bool
     pruned: tuple[str, ...] = ()
+    trust: str = ""
+    health: HealthReport | None = None
+    migration: Migration = Migration()
 
 
 def _as_home(home: BoardHome | str | os.PathLike[str]) -> BoardHome:
@@ -113,7 +124,9 @@ def _load(bundle_path: str | os.PathLike[str], board: str | None) -> tuple[Bundl
         raise FlashError(f"cannot install {bundle_path}: {exc}; nothing was changed") from exc
     if board is not None:
         try:
-            compat = check_bundle(bundle.manifest, get_board(board))
+            profile = get_board(board)
+            require_flashable(profile)
+            compat = check_bundle(bundle.manifest, profile)
         except BoardError as exc:
             raise FlashError(f"cannot install {bundle_path}: {exc}") from exc
         if not compat.fits:
@@ -156,8 +169,8 @@ def _locked(home: BoardHome) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise FlashError(f"board home {home.root} is busy: another install or rollback is "
-                             "running; try again when it has finished") from exc
+            raise InstallError(f"board home {home.root} is busy: another install or rollback is "
+                               "running; try again when it has finished", "busy") from exc
     try:
         yield
     finally:
@@ -222,16 +235,17 @@ def _installed_state(target: Path, bundle: Bundle) -> str:
         log.warning("installed copy of %s is damaged (%s); replacing it", bundle.version, exc)
         return "damaged"
     if existing.manifest.model_sha256 != bundle.manifest.model_sha256:
-        raise FlashError(
+        raise InstallError(
             f"version {bundle.version} is already installed with a different model (SHA-256 "
             f"{existing.manifest.model_sha256[:12]}..., new one {bundle.manifest.model_sha256[:12]}"
-            "...); versions are immutable: bump the version and pack again; nothing was changed")
+            "...); versions are immutable: bump the version and pack again; nothing was changed",
+            "conflict")
     differ = _same_manifest(existing.manifest, bundle.manifest)
     if differ:
-        raise FlashError(
+        raise InstallError(
             f"version {bundle.version} is already installed with the same model but a different "
             f"manifest (fields {differ}); versions are immutable: bump the version and pack "
-            "again; nothing was changed")
+            "again; nothing was changed", "conflict")
     return "same"
 
 
@@ -266,6 +280,13 @@ def _verify_landed(target: Path, data: bytes) -> None:
     read_bundle(landed)
 
 
+def _model_sha(home: BoardHome, version: str) -> str | None:
+    try:
+        return read_bundle(home.bundle_path(version)).manifest.model_sha256
+    except (BundleError, OSError):
+        return None
+
+
 def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str, ...]:
     # `protected` is passed in rather than re-read so that a failed write of the `previous`
     # file can never get the real previous version pruned.
@@ -278,10 +299,15 @@ def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str,
         if version in protected:
             continue
         try:
+            sha = _model_sha(home, version)
             # Remove the bundle first: without it the version no longer counts as installed,
             # so a crash half-way through rmtree leaves an empty directory, not a broken model.
             home.bundle_path(version).unlink()
             shutil.rmtree(home.version_dir(version))
+            if sha is not None and sha not in {_model_sha(home, v) for v in home.installed_versions()}:
+                # Its classes were carried to the newer models; stale state must not come back
+                # if this version is ever installed again.
+                shutil.rmtree(home.prototypes_path(sha).parent, ignore_errors=True)
         except (OSError, BundleError) as exc:
             log.warning("could not prune %s from %s: %s", version, home.root, exc)
             continue
@@ -290,71 +316,108 @@ def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str,
     return tuple(pruned)
 
 
-def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | os.PathLike[str],
-                   *, board: str | None = None, keep: int = 2) -> InstallResult:
-    """Install a bundle into a board home and make it current.
+def _health(bundle: Bundle, backend: str | None) -> HealthReport:
+    report = health_check(bundle, backend=backend)
+    if not report.ok:
+        raise InstallError(f"health check of {bundle.version} failed: {report.message}",
+                           "health-check")
+    return report
 
-    The bundle is verified, optionally checked against ``board``, copied to
-    ``models/<version>/model.edgemeta`` (temporary file, fsync, rename), read back and verified,
-    and only then made current by atomically replacing the ``current`` pointer.
+
+def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | os.PathLike[str],
+                   *, board: str | None = None, keep: int = 2, allow_downgrade: bool = False,
+                   health_check: bool = True, backend: str | None = None) -> InstallResult:
+    """Install a bundle into a board home and make it current, or leave the board as it was.
+
+    In order: the bundle is read and verified (whole file, member names, model hash); then,
+    under the home's lock, checked against what the board trusts (signature, see
+    :func:`~edgemeta.bundle.init_home`), its board profile (``board`` or the home's own),
+    the current version (no downgrade unless allowed) and the free space; staged beside the
+    current version as ``models/<version>/model.edgemeta`` (temporary file, fsync, rename) and
+    read back; health-checked (the board's runtime loads it and runs its self-test vector); the
+    classes learned with the current model are re-learned with it; and only then does the
+    ``current`` pointer switch, atomically. A kill at any moment leaves the old or the new model
+    current, each with its classes.
 
     Args:
         bundle_path: The ``.edgemeta`` file to install.
         home: The board home (a folder or a mounted SD card); created if only it is missing.
-        board: A board profile name to check the bundle against first, or None.
+        board: A board profile name to check against instead of the home's configured one.
         keep: How many installed versions to keep (at least 2: the current and the previous
             version are never pruned).
+        allow_downgrade: Install even if the bundle is older than the current version.
+        health_check: Load the model and run its self-test before switching. Only for hosts that
+            cannot run the model (no runtime installed); the board then checks at start-up.
+        backend: Interpreter backend for the health check (default: the best available).
 
     Returns:
         An :class:`InstallResult`; ``changed`` is False if this exact bundle was already current.
 
     Raises:
-        FlashError: bad ``keep``; the bundle is missing, damaged or does not fit ``board``; the
-            version is already installed with a different model or manifest; or writing failed.
-            In every case the previously current model stays current and no partial file is left.
+        InstallError: refused or failed, with ``reason`` saying why (see
+            :class:`~edgemeta.errors.InstallError`). The previously current model stays current
+            and no partial file is left.
+        FlashError: bad ``keep``.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
         raise FlashError(f"keep is {keep!r}; expected an integer >= 2 (the current and the "
                          "previous version are always kept)")
-    bundle, data = _load(bundle_path, board)
+    try:
+        bundle, data = _load(bundle_path, None)
+    except FlashError as exc:
+        reason = "damaged" if isinstance(exc.__cause__, BundleError) else "io"
+        raise InstallError(str(exc), reason) from exc
     home = _as_home(home)
     _prepare_home(home)
     version = bundle.version
     with _locked(home):
+        try:
+            config = read_config(home)
+        except BundleError as exc:
+            raise InstallError(f"{exc}; nothing was changed", "io") from exc
         current = _current(home)
+        trust = check_trust(bundle, home, config)
+        check_board(bundle, board or config.board)
+        check_downgrade(bundle, current, allow_downgrade)
         _sweep_partials(home, current)
         target = home.bundle_path(version)
         existed = target.is_file()
         recorded = _read_previous(home)
-        if existed and _installed_state(target, bundle) == "same":
-            if current == version:
-                return InstallResult(version, recorded, target, changed=False)
-            # Already on the card (e.g. after a rollback): only the pointer has to move.
-            try:
-                home.set_current(version)
-            except OSError as exc:
-                raise FlashError(f"cannot make {version} current in {home.root}: {exc}; "
-                                 f"{current} stays current") from exc
-        else:
-            created_dir = not home.version_dir(version).exists()
-            try:
+        same = existed and _installed_state(target, bundle) == "same"
+        if same and current == version:
+            return InstallResult(version, recorded, target, changed=False, trust=trust)
+        if not same:
+            check_space(home, len(data), current)
+        created_dir = not home.version_dir(version).exists()
+        try:
+            if not same:  # else already on the card (e.g. after a rollback): only switch
                 atomic_write_bytes(target, data)
                 _verify_landed(target, data)
-                home.set_current(version)
-            except BaseException as exc:
+            report = _health(bundle, backend) if health_check else None
+            migration = migrate_state(home, current, bundle,
+                                      lambda: Embedder(bundle, backend=backend))
+            home.set_current(version)
+        except BaseException as exc:
+            if not same:
                 _undo(home, version, current, existed, created_dir)
-                if not isinstance(exc, Exception):
-                    raise  # KeyboardInterrupt/SystemExit: cleaned up, now let it through
-                kept = f"{current} stays current" if current else "nothing is current"
-                raise FlashError(f"installing {version} into {home.root} failed: {exc}; {kept} "
-                                 "and the partial copy was removed") from exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt/SystemExit: cleaned up, now let it through
+            kept = f"{current} stays current" if current else "nothing is current"
+            if isinstance(exc, InstallError):
+                raise InstallError(f"{exc}; {kept}", exc.reason) from exc
+            if is_disk_full(exc):
+                raise InstallError(f"the board's disk filled up while installing {version} into "
+                                   f"{home.root} ({exc}); {kept} and the partial copy was "
+                                   "removed", "disk-full") from exc
+            raise InstallError(f"installing {version} into {home.root} failed: {exc}; {kept} "
+                               "and the partial copy was removed", "io") from exc
         if current is None or current == version:  # first install, or repair of the current one
             previous = recorded
         else:
             previous = current
             _write_previous(home, current)
         pruned = _prune(home, keep, {version, previous})
-        return InstallResult(version, previous, target, True, pruned)
+        return InstallResult(version, previous, target, True, pruned, trust, report, migration)
 
 
 def _rollback_target(home: BoardHome, current: str) -> str | None:

@@ -1,8 +1,10 @@
 """How a bundle reaches a board: one :class:`Transport` per URL scheme.
 
-Only ``dir:PATH`` (a board home on a local or mounted filesystem, e.g. an SD card) exists now.
-SSH and MQTT transports slot in by implementing :class:`Transport` and adding a factory to
-``_FACTORIES``; until then their schemes are recognised and refused with a clear message.
+``dir:PATH`` is a board home on a local or mounted filesystem (e.g. an SD card);
+``ssh://USER@HOST[:PORT]/PATH`` reaches a board with the user's OpenSSH client
+(:mod:`firmware_bridge.ssh`); ``mqtt://BROKER[:PORT]/[FLEET/]DEVICE`` flashes over the air
+through an MQTT broker (:mod:`firmware_bridge.ota`). Another transport slots in by implementing
+:class:`Transport` and adding a factory to ``_FACTORIES``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from typing import Callable, Protocol, runtime_checkable
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import FlashError
 from firmware_bridge.install import InstallResult, install_bundle, preflight
+from firmware_bridge.ssh import SSHTransport
 
-__all__ = ["DirTransport", "Transport", "flash", "supported_schemes", "transport_for"]
+__all__ = ["DirTransport", "SSHTransport", "Transport", "flash", "supported_schemes",
+           "transport_for"]
 
 # A scheme needs at least two characters so that a Windows drive ("C:\\...") reads as a path.
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
-_PLANNED = {"ssh": "ssh://USER@HOST/PATH", "mqtt": "mqtt://BROKER/BOARD_ID"}
+_PLANNED: dict[str, str] = {}
+_FORMS = {"dir": "dir:PATH", "ssh": "ssh://USER@HOST[:PORT]/PATH",
+          "mqtt": "mqtt://BROKER[:PORT]/[FLEET/]DEVICE"}
+
+
+def _mqtt_transport(url: str) -> "Transport":
+    # Imported here: firmware_bridge.ota imports this package's install module.
+    from firmware_bridge.ota.transport import MqttTransport
+
+    return MqttTransport.from_url(url)
 
 
 @runtime_checkable
@@ -37,8 +50,13 @@ class Transport(Protocol):
         """The URL this transport was made from, for messages and logs."""
         ...
 
-    def push(self, bundle_path: str | os.PathLike[str]) -> InstallResult:
-        """Send ``bundle_path`` to the board, install it there and make it current."""
+    def push(self, bundle_path: str | os.PathLike[str], *,
+             allow_downgrade: bool = False) -> InstallResult:
+        """Send ``bundle_path`` to the board, install it there and make it current.
+
+        ``allow_downgrade`` lets an older version replace a newer one; the board refuses
+        otherwise.
+        """
         ...
 
 
@@ -77,17 +95,21 @@ class DirTransport:
     def home(self) -> BoardHome:
         return BoardHome.at(self.path)
 
-    def push(self, bundle_path: str | os.PathLike[str]) -> InstallResult:
+    def push(self, bundle_path: str | os.PathLike[str], *,
+             allow_downgrade: bool = False) -> InstallResult:
         """Install the bundle into the board home at :attr:`path`."""
-        return install_bundle(bundle_path, self.home, keep=self.keep)
+        return install_bundle(bundle_path, self.home, keep=self.keep,
+                              allow_downgrade=allow_downgrade)
 
 
-_FACTORIES: dict[str, Callable[[str], Transport]] = {"dir": DirTransport.from_url}
+_FACTORIES: dict[str, Callable[[str], Transport]] = {"dir": DirTransport.from_url,
+                                                      "ssh": SSHTransport.from_url,
+                                                      "mqtt": _mqtt_transport}
 
 
 def supported_schemes() -> list[str]:
     """Target URL forms that :func:`transport_for` accepts now, e.g. ``["dir:PATH"]``."""
-    return [f"{scheme}:PATH" if scheme == "dir" else f"{scheme}:..." for scheme in _FACTORIES]
+    return [_FORMS.get(scheme, f"{scheme}:...") for scheme in _FACTORIES]
 
 
 def _supported_text() -> str:
@@ -98,7 +120,7 @@ def transport_for(url: str | os.PathLike[str]) -> Transport:
     """The transport for a target URL.
 
     Args:
-        url: ``dir:PATH``, a bare filesystem path, or (later) ``ssh://...`` / ``mqtt://...``.
+        url: ``dir:PATH``, a bare filesystem path, or ``ssh://USER@HOST[:PORT]/PATH``.
 
     Raises:
         FlashError: the URL is empty, or its scheme is unknown or not supported yet (the message
@@ -121,8 +143,8 @@ def transport_for(url: str | os.PathLike[str]) -> Transport:
                      f" (a path containing ':' can be written as dir:PATH)")
 
 
-def flash(bundle_path: str | os.PathLike[str], url: str | os.PathLike[str], *,
-          board: str | None = None) -> InstallResult:
+def flash(bundle_path: str | os.PathLike[str], url: str | os.PathLike[str] | Transport, *,
+          board: str | None = None, allow_downgrade: bool = False) -> InstallResult:
     """Verify a bundle, check it against ``board``, and install it on the board at ``url``.
 
     The checks run here, before anything is sent, so a bundle that cannot work never leaves the
@@ -130,8 +152,10 @@ def flash(bundle_path: str | os.PathLike[str], url: str | os.PathLike[str], *,
 
     Args:
         bundle_path: The ``.edgemeta`` file.
-        url: Where the board is: ``dir:PATH`` or a bare path.
+        url: Where the board is: ``dir:PATH``, a bare path, ``ssh://USER@HOST[:PORT]/PATH``,
+            or a ready-made :class:`Transport` (e.g. an :class:`SSHTransport` with options).
         board: A board profile name (e.g. ``"rpi-4b"``) to check compatibility against.
+        allow_downgrade: Let a bundle older than the board's current one replace it.
 
     Returns:
         The board's :class:`InstallResult`.
@@ -140,6 +164,6 @@ def flash(bundle_path: str | os.PathLike[str], url: str | os.PathLike[str], *,
         FlashError: bad URL, bad bundle, the bundle does not fit ``board``, or the install failed
             (the board's previous model then stays current).
     """
-    transport = transport_for(url)
+    transport = url if isinstance(url, Transport) else transport_for(url)
     preflight(bundle_path, board)
-    return transport.push(bundle_path)
+    return transport.push(bundle_path, allow_downgrade=allow_downgrade)

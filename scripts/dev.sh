@@ -28,6 +28,10 @@ apt_install() {
 if [ "$what" = test ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto
 fi
+# A real OpenSSH server (and the ssh client and ssh-keygen) for the ssh:// transport tests.
+if [ "$what" = test ] && ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  apt_install openssh-server openssh-client
+fi
 # Debian's python3 ships without venv/ensurepip.
 if ! "$PY" -c "import venv, ensurepip" >/dev/null 2>&1; then
   apt_install python3-venv

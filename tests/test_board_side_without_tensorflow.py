@@ -41,8 +41,9 @@ def test_runtime_works_without_tensorflow(tmp_path):
         sys.modules["tensorflow"] = None
         import numpy as np
         from edgemeta.runtime import FewShotClassifier
-        from edgemeta.bundle import BoardHome
+        from edgemeta.bundle import BoardHome, init_home
         from firmware_bridge import flash
+        init_home({str(tmp_path)!r}, allow_unsigned=True)
         flash({str(bundle)!r}, "dir:{tmp_path}")
         clf = FewShotClassifier.load({str(tmp_path)!r})
         rng = np.random.default_rng(0)

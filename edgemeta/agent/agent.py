@@ -54,13 +54,16 @@ class DeviceAgent:
 
     def __init__(self, home: str | os.PathLike[str], device_id: str, *, broker_url: str | None = None,
                  fleet: str = "default", interval_s: float = 5.0, backend: str | None = None,
-                 board: str | None = None, num_threads: int = 1) -> None:
+                 board: str | None = None, num_threads: int = 1, ota: bool = True) -> None:
         self.home = BoardHome.at(home)
         self.device_id = device_id
         self.fleet = fleet
         self.board = board
         self.classifier = FewShotClassifier.load(self.home.root, backend=backend,
                                                  num_threads=num_threads)
+        self._backend, self._num_threads = backend, num_threads
+        self._ota_enabled = ota  # accept over-the-air updates when a broker is given
+        self.ota = None  # the BoardOta, started with the reporter
         self.latency = LatencyWindow()
         self.accuracy = AccuracyCounter()
         self._stop = threading.Event()
@@ -208,6 +211,7 @@ class DeviceAgent:
             try:
                 self.reporter.start()
                 self._reporting = True
+                self._start_ota()
             except FleetError as exc:
                 # A reporter that failed to start cannot be restarted: make a fresh one, later.
                 log.warning("cannot report (%s); working offline, retrying in %g s", exc,
@@ -215,11 +219,46 @@ class DeviceAgent:
                 self.reporter = self._new_reporter()
                 self._next_connect = time.monotonic() + RECONNECT_S
             return
+        if self.ota is None and self._ota_enabled and time.monotonic() >= self._next_connect:
+            self._next_connect = time.monotonic() + RECONNECT_S
+            self._start_ota()  # the broker was reachable for the reporter but not for OTA
         if now:
             try:
                 self.reporter.publish_now()
             except FleetError as exc:  # paho reconnects by itself; the next telemetry catches up
                 log.warning("telemetry not acknowledged (%s); will retry", exc)
+
+    def _start_ota(self) -> None:
+        """Listen for over-the-air updates on a second MQTT connection; offline is not fatal."""
+        from edgemeta.errors import FleetError
+        from firmware_bridge.ota import BoardOta
+
+        if self.ota is not None or not self._ota_enabled:
+            return
+        a = self._reporter_args
+        ota = BoardOta(a["broker_url"], self.home, self.device_id, a["fleet"],
+                       on_installed=self._on_ota_installed)
+        try:
+            ota.start()
+        except FleetError as exc:
+            log.warning("over-the-air updates unavailable (%s); retrying with the reporter", exc)
+            return
+        self.ota = ota
+
+    def _on_ota_installed(self, result) -> None:
+        """After an over-the-air install: run the new model and tell the fleet (new birth)."""
+        from edgemeta.errors import FleetError
+
+        with self._lock:
+            self.classifier = FewShotClassifier.load(self.home.root, backend=self._backend,
+                                                     num_threads=self._num_threads)
+        log.warning("now running %s (installed over the air; previous %s)", result.version,
+                    result.previous_version)
+        if self.reporter is not None and self._reporting:
+            try:
+                self.reporter.publish_birth()
+            except FleetError as exc:  # the next reconnect's birth carries it anyway
+                log.warning("birth after the update not acknowledged: %s", exc)
 
     def run(self, *, poll_s: float = 1.0, duration_s: float | None = None, once: bool = False) -> None:
         """Report, process the inbox, and keep polling until :meth:`stop`, the duration, or ``once``."""
@@ -235,5 +274,8 @@ class DeviceAgent:
                 if timeout <= 0 or self._stop.wait(timeout):
                     break
         finally:
+            if self.ota is not None:
+                self.ota.stop()
+                self.ota = None
             if self.reporter is not None and self._reporting:
                 self.reporter.stop()

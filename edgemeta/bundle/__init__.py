@@ -10,6 +10,7 @@ from edgemeta.bundle.archive import (
     pack_bundle,
     read_bundle,
     sha256_hex,
+    sign_bundle,
 )
 from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.bundle.home import BoardHome
@@ -19,10 +20,40 @@ from edgemeta.bundle.manifest import (
     Manifest,
     Preprocessing,
     Provenance,
+    SelfTest,
+    compare_versions,
     validate_version,
 )
+from edgemeta.bundle.signing import (
+    SIGNATURE_NAME,
+    KeyPair,
+    PublicKey,
+    Signature,
+    generate_keypair,
+    key_id_of,
+    load_private_key,
+    load_public_key,
+    verify_manifest,
+)
+from edgemeta.bundle.trust import BoardConfig, init_home, read_config, trusted_keys
 
 __all__ = [
+    "SIGNATURE_NAME",
+    "BoardConfig",
+    "KeyPair",
+    "PublicKey",
+    "SelfTest",
+    "Signature",
+    "compare_versions",
+    "generate_keypair",
+    "init_home",
+    "key_id_of",
+    "load_private_key",
+    "load_public_key",
+    "read_config",
+    "sign_bundle",
+    "trusted_keys",
+    "verify_manifest",
     "BUNDLE_SUFFIX",
     "MANIFEST_NAME",
     "MAX_BUNDLE_BYTES",

@@ -9,11 +9,16 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
 
     Writes a uniquely named temporary file in the same directory, fsyncs it, renames it over
     ``path`` and fsyncs the directory so the rename itself is durable.
+
+    Args:
+        path: The file to replace.
+        data: Its new content.
+        mode: Permission bits (e.g. 0o600 for a private key); default: what ``open()`` would give.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,7 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, (0o666 & ~umask) if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

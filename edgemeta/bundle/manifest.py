@@ -18,7 +18,9 @@ __all__ = [
     "Preprocessing",
     "InputSpec",
     "Provenance",
+    "SelfTest",
     "Manifest",
+    "compare_versions",
     "validate_version",
 ]
 
@@ -63,6 +65,64 @@ class Preprocessing:
             )
 
 
+def _version_key(version: str) -> tuple[tuple[tuple[int, int | str], ...], int,
+                                          tuple[tuple[int, int | str], ...]]:
+    # Semantic-versioning order: numeric parts compare as numbers, "+build" metadata is ignored,
+    # and a pre-release ("1.0.0-rc1") sorts before its release ("1.0.0").
+    core, _, pre = version.split("+", 1)[0].partition("-")
+
+    def parts(text: str) -> tuple[tuple[int, int | str], ...]:
+        return tuple((0, int(p)) if p.isdigit() else (1, p)
+                     for p in re.split(r"[._]", text) if p != "")
+
+    return parts(core), (0 if pre else 1), parts(pre)
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version ``a`` is older than, equal to or newer than ``b``.
+
+    Semantic-versioning order (``1.10.0`` is newer than ``1.9.2``; ``2.0.0-rc1`` is older than
+    ``2.0.0``; build metadata after ``+`` is ignored), extended to any number of dot-separated
+    parts so that date versions like ``2026.11.23`` order as expected too.
+    """
+    ka, kb = _version_key(validate_version(a)), _version_key(validate_version(b))
+    return (ka > kb) - (ka < kb)
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """A known input and the int8 output the model gave for it when it was packed.
+
+    The board runs ``input`` through the model before making it current and requires every
+    output value to be within ``tolerance`` of ``expected``: that catches a model the board's
+    runtime loads but computes differently (a wrong runtime build, a damaged delegate). The two
+    LiteRT runtimes differ by at most 1 LSB on the same model, hence the default of 2.
+
+    Attributes:
+        input: Base64 of the int8 input tensor, shape ``(1, *input.shape[1:])``.
+        expected: Base64 of the int8 output tensor, shape ``(1, embedding_dim)``.
+        tolerance: Largest allowed absolute difference, in output LSB.
+    """
+
+    input: str
+    expected: str
+    tolerance: int = 2
+
+    def __post_init__(self) -> None:
+        import base64
+        import binascii
+
+        for name in ("input", "expected"):
+            try:
+                base64.b64decode(getattr(self, name), validate=True)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise BundleError(f"manifest self_test.{name} is not base64: {exc}") from exc
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int) \
+                or not 0 <= self.tolerance <= 16:
+            raise BundleError(f"manifest self_test.tolerance {self.tolerance!r}: expected an "
+                              "integer from 0 to 16 (LSB)")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The model's input tensor: shape with a dynamic batch (``None``), dtype and quantization."""
@@ -105,6 +165,10 @@ class Manifest:
     # Test-time views: each image is also embedded shifted by these (dy, dx) pixels (zero fill)
     # and the embeddings are averaged. Empty: one view. The board still only embeds and compares.
     test_time_shifts: tuple[tuple[int, int], ...] = ()
+    # The board profiles this bundle was built for (names from boards/); empty: any board it
+    # fits. A board home configured as one profile refuses a bundle that names others.
+    boards: tuple[str, ...] = ()
+    self_test: SelfTest | None = None
     provenance: Provenance = field(default_factory=Provenance)
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -124,6 +188,12 @@ class Manifest:
             raise BundleError(f"manifest test_time_shifts {self.test_time_shifts!r}: expected at "
                               "most 16 (dy, dx) pairs")
         object.__setattr__(self, "test_time_shifts", shifts)
+        boards = tuple(self.boards)
+        if any(not isinstance(b, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", b)
+               for b in boards):
+            raise BundleError(f"manifest boards {self.boards!r}: expected board profile names "
+                              "such as 'rpi-4b'")
+        object.__setattr__(self, "boards", boards)
         if self.embedding_dim < 1:
             raise BundleError(f"manifest embedding_dim must be positive, got {self.embedding_dim}")
 
@@ -162,8 +232,10 @@ class Manifest:
                 zero_point=int(inp["zero_point"]),
                 preprocessing=_build(Preprocessing, pre, "input.preprocessing"),
             )
-            top = {k: v for k, v in data.items() if k not in ("input", "provenance")}
+            top = {k: v for k, v in data.items() if k not in ("input", "provenance", "self_test")}
             top["input"] = input_spec
+            if data.get("self_test") is not None:
+                top["self_test"] = _build(SelfTest, dict(data["self_test"]), "self_test")
             top["provenance"] = _build(Provenance, dict(data.get("provenance", {})), "provenance")
             return _build(cls, top, "manifest")
         except KeyError as exc:

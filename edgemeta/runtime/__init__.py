@@ -11,6 +11,7 @@ from edgemeta.runtime.backends import (
     load_interpreter,
 )
 from edgemeta.runtime.classifier import FewShotClassifier
+from edgemeta.runtime.health import HealthReport, health_check, self_test_deviation
 from edgemeta.runtime.embedder import Embedder, input_details, invoke_batch, output_details, set_batch_size
 from edgemeta.runtime.preprocess import (
     ImageLike,
@@ -26,6 +27,7 @@ from edgemeta.runtime.prototypes import (
     PrototypeStore,
     classify_embeddings,
     compute_prototypes,
+    l2_normalize,
     pairwise_distances,
 )
 
@@ -34,6 +36,10 @@ __all__ = [
     "BACKENDS",
     "Embedder",
     "FewShotClassifier",
+    "HealthReport",
+    "health_check",
+    "l2_normalize",
+    "self_test_deviation",
     "ImageLike",
     "LoadedInterpreter",
     "Prediction",

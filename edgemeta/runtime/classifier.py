@@ -13,6 +13,7 @@ import numpy as np
 from edgemeta.bundle import BoardHome, Bundle, Manifest, read_bundle
 from edgemeta.errors import BundleError, InputError, StateError
 from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.examples import to_uint8
 from edgemeta.runtime.preprocess import ImageLike, preprocess_batch
 from edgemeta.runtime.prototypes import Prediction, PrototypeStore
 
@@ -89,17 +90,26 @@ class FewShotClassifier:
         """Enrolled labels, in enrollment order."""
         return self.store.labels
 
-    def embed(self, images: Iterable[ImageLike] | np.ndarray) -> np.ndarray:
-        """Preprocess per the manifest and embed; returns (N, D) float32."""
+    def _preprocess(self, images: Iterable[ImageLike] | np.ndarray) -> np.ndarray:
         x = preprocess_batch(images, self.manifest.input.preprocessing)
         if len(x) == 0:
             raise InputError("no images given; expected at least one image")
-        return self.embedder.embed(x)
+        return x
+
+    def embed(self, images: Iterable[ImageLike] | np.ndarray) -> np.ndarray:
+        """Preprocess per the manifest and embed; returns (N, D) float32."""
+        return self.embedder.embed(self._preprocess(images))
 
     def enroll(self, label: str, images: Sequence[ImageLike] | np.ndarray) -> int:
-        """Add examples of ``label`` (new or existing); returns how many examples it now has."""
+        """Add examples of ``label`` (new or existing); returns how many examples it now has.
+
+        A bounded sample of the preprocessed images is kept with the prototypes so that a model
+        update can re-learn the class (see :mod:`edgemeta.runtime.examples`).
+        """
         self.store.validate_label(label)  # before the (slower) embedding
-        self.store.update(label, self.embed(images))
+        x = self._preprocess(images)
+        self.store.update(label, self.embedder.embed(x))
+        self.store.examples.add(label, to_uint8(x, self.manifest.input.preprocessing))
         return self.store.count(label)
 
     def classify(self, images: Sequence[ImageLike] | np.ndarray) -> list[Prediction]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgemeta.bundle._fs import atomic_write_bytes
 from edgemeta.errors import InputError, StateError
+from edgemeta.runtime.examples import ExampleBank
 
 __all__ = ["Prediction", "compute_prototypes", "l2_normalize", "pairwise_distances", "classify_embeddings",
            "PrototypeStore"]
@@ -78,7 +79,12 @@ def classify_embeddings(queries: np.ndarray, labels: Sequence[str], prototypes: 
 
 
 class PrototypeStore:
-    """Per-label running means, tied to one model (by its SHA-256)."""
+    """Per-label running means, tied to one model (by its SHA-256).
+
+    ``examples`` holds a bounded sample of the images behind each mean (see
+    :mod:`edgemeta.runtime.examples`); it is saved in the same file, so the two never disagree
+    after a crash, and a model update re-learns the classes from it.
+    """
 
     def __init__(self, embedding_dim: int, model_sha256: str, metric: str = "squared_euclidean"):
         self.embedding_dim = embedding_dim
@@ -86,6 +92,7 @@ class PrototypeStore:
         self.metric = metric
         self._means: dict[str, np.ndarray] = {}
         self._counts: dict[str, int] = {}
+        self.examples = ExampleBank()
 
     @property
     def labels(self) -> list[str]:
@@ -93,6 +100,12 @@ class PrototypeStore:
 
     def count(self, label: str) -> int:
         return self._counts.get(label, 0)
+
+    def mean(self, label: str) -> np.ndarray:
+        """The prototype of ``label`` (a copy)."""
+        if label not in self._means:
+            raise InputError(f"label {label!r} is not enrolled; enrolled: {self.labels}")
+        return self._means[label].copy()
 
     @staticmethod
     def validate_label(label: object) -> str:
@@ -117,11 +130,22 @@ class PrototypeStore:
         self._means[label] = mean.astype(np.float32)
         self._counts[label] = n_old + n_new
 
+    def set_prototype(self, label: str, mean: np.ndarray, count: int) -> None:
+        """Set a label's mean and the number of examples it stands for (used when re-learning)."""
+        self.validate_label(label)
+        mean = np.asarray(mean, dtype=np.float32)
+        if mean.shape != (self.embedding_dim,) or count < 1:
+            raise InputError(f"prototype for {label!r} has shape {mean.shape} and count {count}; "
+                             f"expected ({self.embedding_dim},) and a count >= 1")
+        self._means[label] = mean
+        self._counts[label] = int(count)
+
     def forget(self, label: str) -> None:
         if label not in self._means:
             raise InputError(f"label {label!r} is not enrolled; enrolled: {self.labels}")
         del self._means[label]
         del self._counts[label]
+        self.examples.forget(label)
 
     def classify(self, embeddings: np.ndarray) -> list[Prediction]:
         labels = self.labels
@@ -139,6 +163,7 @@ class PrototypeStore:
             means=(np.stack([self._means[x] for x in labels]) if labels
                    else np.zeros((0, self.embedding_dim), dtype=np.float32)),
             counts=np.array([self._counts[x] for x in labels], dtype=np.int64),
+            **self.examples.to_arrays(),
         )
         return buf.getvalue()
 
@@ -162,6 +187,7 @@ class PrototypeStore:
                 labels = [str(x) for x in np.atleast_1d(data["labels"])]
                 means = np.asarray(data["means"], dtype=np.float32)
                 counts = np.asarray(data["counts"], dtype=np.int64)
+                examples = ExampleBank.from_arrays(data)
         except Exception as exc:  # np.load raises many types (BadZipFile, TypeError, ...)
             raise StateError(f"prototype state {path} is unreadable ({exc.__class__.__name__}: "
                              f"{exc}); expected a file written by PrototypeStore.save") from exc
@@ -175,4 +201,8 @@ class PrototypeStore:
         for label, mean, count in zip(labels, means, counts):
             store._means[label] = mean
             store._counts[label] = int(count)
+        for label in examples.labels:
+            if label not in store._means:  # examples of a forgotten class never come back
+                examples.forget(label)
+        store.examples = examples
         return store

@@ -10,6 +10,7 @@ pytest.importorskip("tensorflow")  # to build the tiny bundle
 
 from edgemeta.agent import DeviceAgent  # noqa: E402
 from edgemeta.data import make_glyph_dataset  # noqa: E402
+from edgemeta.bundle import init_home  # noqa: E402
 from firmware_bridge import flash  # noqa: E402
 from tests.host.tiny import tiny_bundle_path  # noqa: E402
 
@@ -21,6 +22,7 @@ def _png(path, arr):
 
 @pytest.fixture
 def home(tmp_path):
+    init_home(tmp_path, allow_unsigned=True)
     flash(tiny_bundle_path(), f"dir:{tmp_path}")
     data = make_glyph_dataset(n_classes=3, per_class=6, seed=123)
     by_class = data.indices_by_class()

@@ -9,6 +9,7 @@ import pytest
 from edgemeta.boards import (
     ARCHES,
     BOARDS_DIR_ENV,
+    MCU_ARCHES,
     BoardProfile,
     boards_dir,
     get_board,
@@ -59,10 +60,13 @@ def test_every_profile_loads_and_required_boards_exist(monkeypatch):
     assert names == sorted(names)
     assert len(boards) == len(list(REPO_BOARDS.glob("[!_]*.toml")))
     for b in boards:
-        assert isinstance(b, BoardProfile) and b.arch in ARCHES
+        assert isinstance(b, BoardProfile) and b.arch in (MCU_ARCHES if b.is_mcu else ARCHES)
         assert Path(b.source).stem == b.name and b.title and b.notes
         assert 1 <= b.max_threads <= b.cpu_cores
-        assert b.runtime_pip[0].startswith(b.runtime)
+        if b.is_mcu:  # microcontrollers: TFLite Micro in the firmware, nothing to pip install
+            assert b.runtime == "tflite-micro" and b.runtime_pip == () and b.pip_command == ""
+        else:
+            assert b.runtime_pip[0].startswith(b.runtime)
 
 
 def test_profile_facts():
@@ -78,6 +82,8 @@ def test_profile_facts():
 def test_runtime_follows_architecture():
     wheels = runtime_wheels()
     for b in list_boards():
+        if b.is_mcu:
+            continue  # no Python runtime; see tests/boards/test_mcu_boards.py
         if b.arch == "armv7l":
             assert b.runtime == "tflite-runtime"
             assert "numpy<2" in b.runtime_pip and "tflite-runtime==2.14.0" in b.runtime_pip

@@ -1,10 +1,12 @@
 """The CLI through click's CliRunner: every command's happy path and its one-line errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from edgemeta.bundle import read_bundle
 from edgemeta.cli import cli
 
 
@@ -45,14 +47,38 @@ def test_tampered_bundle_errors(runner, fake_bundle, tmp_path):
     assert not (tmp_path / "home" / "current").exists()
 
 
-def test_inspect_and_flash(runner, fake_bundle, tmp_path):
-    path = fake_bundle()
-    r = runner.invoke(cli, ["inspect", str(path)])
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
+
+
+def test_inspect(runner, fake_bundle):
+    r = runner.invoke(cli, ["inspect", str(fake_bundle())])
     assert r.exit_code == 0 and json.loads(r.output)["version"] == "1.0.0"
-    r = runner.invoke(cli, ["flash", str(path), "--to", f"dir:{tmp_path}", "--board", "host-sim"])
+
+
+def test_keys_sign_trust_and_flash(runner, tmp_path):
+    """The trust path a user follows: keys, sign, configure the board, flash (real model)."""
+    key = tmp_path / "release.key"
+    r = runner.invoke(cli, ["keys", "generate", str(key)])
+    assert r.exit_code == 0 and (tmp_path / "release.key.pub").is_file(), r.output
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert runner.invoke(cli, ["keys", "generate", str(key)]).exit_code == 1  # never overwritten
+    home = tmp_path / "board"
+    r = runner.invoke(cli, ["board", "init", str(home), "--trust", str(key) + ".pub",
+                            "--board", "host-sim"])
+    assert r.exit_code == 0 and "unsigned bundles refused" in r.output, r.output
+    # Unsigned: refused in one line that says how to fix it, nothing installed.
+    r = runner.invoke(cli, ["flash", str(SHIPPED), "--to", f"dir:{home}"])
+    assert r.exit_code == 1 and "not signed" in r.output and "edgemeta bundle sign" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (home / "current").exists()
+    signed = tmp_path / "signed.edgemeta"
+    r = runner.invoke(cli, ["bundle", "sign", str(SHIPPED), "--key", str(key), "--out", str(signed)])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "current").read_text().strip() == "1.0.0"
-    r = runner.invoke(cli, ["flash", str(path), "--to", f"dir:{tmp_path}"])
+    r = runner.invoke(cli, ["bundle", "verify", str(signed), "--trust", str(key) + ".pub"])
+    assert r.exit_code == 0 and "verifies" in r.output
+    r = runner.invoke(cli, ["flash", str(signed), "--to", f"dir:{home}", "--board", "host-sim"])
+    assert r.exit_code == 0, r.output
+    assert (home / "current").read_text().strip() == read_bundle(SHIPPED).version
+    r = runner.invoke(cli, ["flash", str(signed), "--to", f"dir:{home}"])
     assert "already installed" in r.output
 
 
@@ -88,6 +114,7 @@ def test_train_convert_enroll_classify(runner, tmp_path):
     assert r.exit_code == 0, r.output
     assert "int8" in r.output and "float" in r.output and bundle.is_file()
     home = tmp_path / "home"
+    assert runner.invoke(cli, ["board", "init", str(home), "--allow-unsigned"]).exit_code == 0
     assert runner.invoke(cli, ["flash", str(bundle), "--to", f"dir:{home}"]).exit_code == 0
     from PIL import Image
     import numpy as np

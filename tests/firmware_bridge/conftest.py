@@ -7,7 +7,9 @@ from typing import Callable
 
 import pytest
 
-from edgemeta.bundle import InputSpec, Manifest, pack_bundle, sha256_hex
+from edgemeta.runtime.health import HealthReport
+
+from edgemeta.bundle import InputSpec, Manifest, init_home, pack_bundle, sha256_hex
 
 MakeBundle = Callable[..., Path]
 
@@ -46,10 +48,28 @@ def make_bundle(tmp_path: Path) -> MakeBundle:
     return _make
 
 
+@pytest.fixture(autouse=True)
+def fake_model_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles here hold fake model bytes, which no interpreter loads: report them healthy.
+
+    The real health check (LiteRT loading the model and running its self-test vector) is
+    exercised with real models in tests/integration/test_install_real.py.
+    """
+    import firmware_bridge.install as install
+
+    monkeypatch.setattr(install, "health_check", lambda bundle, backend=None: HealthReport(
+        True, "fake model: not checked", "fake"))
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """An empty board home folder (its parent exists; the folder itself is created by install)."""
-    return tmp_path / "board"
+    """A board home that accepts unsigned bundles, with nothing installed.
+
+    Signature checks are tested in test_fb_trust.py.
+    """
+    root = tmp_path / "board"
+    init_home(root, allow_unsigned=True)
+    return root
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:

@@ -21,7 +21,7 @@ def test_first_install_lays_out_home_and_pointer(make_bundle, home):
     assert result.path == home.resolve() / "models" / "1.0.0" / "model.edgemeta"
     assert (home / "current").read_text() == "1.0.0\n"
     assert result.path.read_bytes() == src.read_bytes()
-    assert sorted(p.name for p in home.iterdir()) == ["current", "models"]
+    assert sorted(p.name for p in home.iterdir()) == ["board.json", "current", "models"]
     assert sorted(p.name for p in result.path.parent.iterdir()) == ["model.edgemeta"]
     assert BoardHome.at(home).current_bundle() == result.path
     assert installed(home) == ["1.0.0"]
@@ -122,7 +122,7 @@ def test_truncated_bundle_is_refused_previous_stays(make_bundle, home, snapshot,
 def test_missing_bundle_names_the_path(home, tmp_path):
     with pytest.raises(FlashError, match=r"nope\.edgemeta: no such file"):
         install_bundle(tmp_path / "nope.edgemeta", home)
-    assert not home.exists()
+    assert [p.name for p in home.iterdir()] == ["board.json"]
 
 
 def _enospc(*_args, **_kwargs):
@@ -163,7 +163,7 @@ def test_first_install_failure_leaves_nothing_behind(make_bundle, home, monkeypa
     with pytest.raises(FlashError, match="nothing is current"):
         install_bundle(src, home)
     monkeypatch.undo()
-    assert sorted(p.name for p in home.rglob("*")) == ["models"]
+    assert sorted(p.name for p in home.rglob("*")) == ["board.json", "models"]
     assert BoardHome.at(home).current_version() is None
 
 
@@ -198,7 +198,6 @@ def test_reflashing_an_installed_version_after_rollback_only_moves_the_pointer(m
 def test_rollback_without_previous_version_fails(make_bundle, home, tmp_path):
     with pytest.raises(FlashError, match="does not exist"):
         rollback(tmp_path / "missing")
-    home.mkdir()
     with pytest.raises(FlashError, match="no installed model"):
         rollback(home)
     install_bundle(make_bundle("1.0.0"), home)
@@ -257,7 +256,7 @@ def test_keep_three_keeps_one_more(make_bundle, home):
 def test_bad_keep_is_refused_before_touching_anything(make_bundle, home, keep):
     with pytest.raises(FlashError, match="keep is .*expected an integer >= 2"):
         install_bundle(make_bundle("1.0.0"), home, keep=keep)
-    assert not home.exists()
+    assert [p.name for p in home.iterdir()] == ["board.json"]
 
 
 def test_home_with_missing_parent_is_refused(make_bundle, tmp_path):
@@ -276,7 +275,7 @@ def test_home_that_is_a_file_is_refused(make_bundle, tmp_path):
 def test_board_check_refuses_a_float_model(make_bundle, home):
     with pytest.raises(FlashError, match=r"does not fit rpi-4b: the model input is float32"):
         install_bundle(make_bundle("1.0.0", dtype="float32"), home, board="rpi-4b")
-    assert not home.exists()
+    assert [p.name for p in home.iterdir()] == ["board.json"]
 
 
 def test_board_check_unknown_board(make_bundle, home):

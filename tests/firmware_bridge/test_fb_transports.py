@@ -26,10 +26,15 @@ def test_dir_urls_and_bare_paths_resolve_to_dir_transport(url, expected):
     assert transport.url == f"dir:{Path(expected)}"
 
 
-@pytest.mark.parametrize("url", ["ssh://pi@board.local/home/pi/edgemeta", "mqtt://broker/board-7"])
-def test_planned_schemes_are_refused_listing_supported_ones(url):
-    with pytest.raises(FlashError, match=r"not supported yet; supported now: dir:PATH"):
-        transport_for(url)
+@pytest.mark.parametrize(("url", "fleet", "device"), [
+    ("mqtt://broker/board-7", "default", "board-7"),
+    ("mqtt://broker:1884/site-a/pi-1", "site-a", "pi-1")])
+def test_mqtt_urls_resolve_to_the_ota_transport(url, fleet, device):
+    from firmware_bridge.ota import MqttTransport
+
+    transport = transport_for(url)
+    assert isinstance(transport, MqttTransport) and isinstance(transport, Transport)
+    assert (transport.fleet, transport.device) == (fleet, device)
 
 
 @pytest.mark.parametrize("url", ["ftp://host/x", "s3:bucket"])
@@ -44,8 +49,9 @@ def test_empty_targets_are_refused(url):
         transport_for(url)
 
 
-def test_supported_schemes_lists_dir():
-    assert supported_schemes() == ["dir:PATH"]
+def test_supported_schemes_lists_dir_and_ssh():
+    assert supported_schemes() == ["dir:PATH", "ssh://USER@HOST[:PORT]/PATH",
+                                   "mqtt://BROKER[:PORT]/[FLEET/]DEVICE"]
 
 
 def test_flash_installs_through_dir_transport(make_bundle, home):
@@ -56,12 +62,12 @@ def test_flash_installs_through_dir_transport(make_bundle, home):
 def test_flash_checks_board_before_touching_target(make_bundle, home):
     with pytest.raises(FlashError, match=r"does not fit rpi-3bplus-32bit: the model input is uint8"):
         flash(make_bundle("1.0.0", dtype="uint8"), str(home), board="rpi-3bplus-32bit")
-    assert not home.exists()
+    assert [p.name for p in home.iterdir()] == ["board.json"]
 
 
 def test_flash_bad_url_fails_before_reading_bundle(tmp_path):
-    with pytest.raises(FlashError, match="ssh transport"):
-        flash(tmp_path / "missing.edgemeta", "ssh://pi@x/y")
+    with pytest.raises(FlashError, match="names no device"):
+        flash(tmp_path / "missing.edgemeta", "mqtt://x")
 
 
 def test_dir_transport_keep_is_passed_through(make_bundle, home):
@@ -76,24 +82,25 @@ import sys
 sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
 from pathlib import Path
 import firmware_bridge, edgemeta.boards
-from edgemeta.bundle import InputSpec, Manifest, pack_bundle, sha256_hex
-model = b"TFL3" + bytes(range(256)) * 4
-m = Manifest(name="t", version="1.0.0", model_sha256=sha256_hex(model), model_bytes=len(model),
-             input=InputSpec(shape=(None, 28, 28, 1), dtype="int8", scale=0.1, zero_point=0),
-             embedding_dim=64, output_scale=0.1, output_zero_point=0)
-tmp = Path(sys.argv[1])
-src = pack_bundle(m, model, tmp / "b.edgemeta")
-r = firmware_bridge.flash(src, "dir:" + str(tmp / "home"), board="rpi-zero-2w")
-assert r.changed, r
+from edgemeta.bundle import generate_keypair, init_home, sign_bundle
+tmp, shipped = Path(sys.argv[1]), Path(sys.argv[2])
+key = generate_keypair(tmp / "release.key")
+sign_bundle(shipped, key.private_path, out=tmp / "b.edgemeta")
+init_home(tmp / "home", trust=[key.public_path], board="rpi-zero-2w")
+r = firmware_bridge.flash(tmp / "b.edgemeta", "dir:" + str(tmp / "home"), board="rpi-zero-2w")
+assert r.changed and r.health.ok and r.trust.startswith("signed by trusted key"), r
 heavy = sorted(n for n in sys.modules if n.split(".")[0] == "tensorflow" and sys.modules[n] is not None
                or n.startswith(("edgemeta.data", "edgemeta.meta", "edgemeta.quantize")))
-print("HEAVY", heavy)
+print("HEAVY", heavy, r.version)
 """
 
 
 def test_board_side_works_with_tensorflow_blocked(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", _BOARD_SIDE, str(tmp_path)], capture_output=True,
-                          text=True, timeout=60)
+    # A real model, signed, trusted, health-checked by LiteRT: the whole board-side install.
+    shipped = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
+    proc = subprocess.run([sys.executable, "-c", _BOARD_SIDE, str(tmp_path), str(shipped)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
-    assert (tmp_path / "home" / "current").read_text() == "1.0.0\n"
+    version = proc.stdout.split()[-1]
+    assert (tmp_path / "home" / "current").read_text() == version + "\n"

@@ -10,6 +10,7 @@ from PIL import Image
 pytest.importorskip("tensorflow")  # only to build the tiny bundle in this (host) process
 
 from edgemeta.fleet import FleetMonitor  # noqa: E402
+from edgemeta.bundle import init_home  # noqa: E402
 from firmware_bridge import flash  # noqa: E402
 from tests.host.tiny import tiny_bundle_path  # noqa: E402
 
@@ -28,7 +29,7 @@ finally:
 
 def test_agent_reports_over_mqtt_without_tensorflow(tmp_path, mosquitto_broker):
     home = tmp_path / "board"
-    home.mkdir()
+    init_home(home, allow_unsigned=True)
     flash(tiny_bundle_path(), f"dir:{home}")
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
