@@ -53,6 +53,19 @@ if [ "$what" = demo ]; then
   exec .venv/bin/edgemeta demo "$@"
 fi
 
+# The board runtime of 32-bit Pi OS is tflite-runtime (numpy<2, no TensorFlow): a second, small
+# venv so the tests also install and run bundles on it (tests/integration/test_tflite_runtime.py).
+tstamp=.venv-tflite/.edgemeta-installed
+if [ ! -f "$tstamp" ] || [ pyproject.toml -nt "$tstamp" ]; then
+  echo "== .venv-tflite: tflite-runtime 2.14 + numpy<2 + edgemeta (board side only)"
+  "$PY" -m venv .venv-tflite
+  .venv-tflite/bin/python -m pip install -q "tflite-runtime==2.14.0" "numpy<2" "pillow>=9.0" \
+    "click>=8.1" "paho-mqtt>=2.0,<3" "psutil>=5.9" "rich>=13.0" "cryptography>=42"
+  .venv-tflite/bin/python -m pip install -q --no-deps -e .
+  touch "$tstamp"
+fi
+export EDGEMETA_TFLITE_PYTHON="$PWD/.venv-tflite/bin/python"
+
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

@@ -25,6 +25,7 @@ from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
 from edgemeta.agent.stats import AccuracyCounter, LatencyWindow
 from edgemeta.runtime.classifier import FewShotClassifier
+from firmware_bridge.boot import start_classifier
 from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
 
 if TYPE_CHECKING:
@@ -59,8 +60,12 @@ class DeviceAgent:
         self.device_id = device_id
         self.fleet = fleet
         self.board = board
-        self.classifier = FewShotClassifier.load(self.home.root, backend=backend,
-                                                 num_threads=num_threads)
+        # A current model that cannot start (a card gone bad) is rolled back once, by itself.
+        started = start_classifier(self.home, backend=backend, num_threads=num_threads)
+        self.classifier = started.classifier
+        self.rolled_back_at_start = started.rolled_back
+        if started.rolled_back:
+            log.error("%s", started.rolled_back)
         self._backend, self._num_threads = backend, num_threads
         self._ota_enabled = ota  # accept over-the-air updates when a broker is given
         self.ota = None  # the BoardOta, started with the reporter

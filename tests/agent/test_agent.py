@@ -107,3 +107,21 @@ def test_damaged_state_is_set_aside_and_the_board_starts(home):
     assert again.classifier.labels == []
     kept = list(state.parent.glob("prototypes.npz.corrupt-*"))
     assert len(kept) == 1 and kept[0].stat().st_size == 100
+
+
+def test_agent_rolls_back_when_current_model_cannot_start(tmp_path):
+    from dataclasses import replace
+
+    from edgemeta.bundle import BoardHome, pack_bundle, read_bundle
+
+    home = tmp_path / "board"
+    init_home(home, allow_unsigned=True)
+    flash(tiny_bundle_path(), f"dir:{home}")
+    b = read_bundle(tiny_bundle_path())
+    flash(pack_bundle(replace(b.manifest, version="9.0.0"), b.model, tmp_path / "v9.edgemeta"),
+          f"dir:{home}")
+    bad = BoardHome.at(home).bundle_path("9.0.0")
+    bad.write_bytes(bad.read_bytes()[:100])  # the card went bad under the current model
+    agent = DeviceAgent(home, "d1")
+    assert agent.classifier.manifest.version == b.version
+    assert agent.rolled_back_at_start.startswith("rolled back from 9.0.0")

@@ -171,3 +171,20 @@ def test_adapt_reports_and_exports(runner, tmp_path):
     m = read_bundle(tmp_path / "site.edgemeta").manifest
     assert m.version == "1.1.0" and m.provenance.extra["adapt_steps"] == 3
     assert 0.0 <= m.provenance.extra["adapted_accuracy"] <= 1.0
+
+
+def test_flash_refuses_downgrade_unless_allowed(runner, tmp_path):
+    from dataclasses import replace
+
+    from edgemeta.bundle import pack_bundle
+
+    b = read_bundle(SHIPPED)
+    old = pack_bundle(replace(b.manifest, version="0.9.0"), b.model, tmp_path / "old.edgemeta")
+    home = tmp_path / "board"
+    assert runner.invoke(cli, ["board", "init", str(home), "--allow-unsigned"]).exit_code == 0
+    assert runner.invoke(cli, ["flash", str(SHIPPED), "--to", f"dir:{home}"]).exit_code == 0
+    r = runner.invoke(cli, ["flash", str(old), "--to", f"dir:{home}"])
+    assert r.exit_code == 1 and "older than the current version" in r.output
+    assert "--allow-downgrade" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(cli, ["flash", str(old), "--to", f"dir:{home}", "--allow-downgrade"])
+    assert r.exit_code == 0 and "installed 0.9.0" in r.output, r.output

@@ -1,18 +1,20 @@
 """CLI commands for trust: signing keys, signing bundles, and what a board home accepts.
 
-Registered on the main ``edgemeta`` group by :mod:`edgemeta.cli`; board-side safe.
+Board-side safe.
 """
 
 from __future__ import annotations
 
 import click
 
+from edgemeta.cli._base import cli
+
 from edgemeta.bundle import generate_keypair, init_home, read_bundle, sign_bundle, trusted_keys
 
 __all__ = ["board", "bundle", "keys"]
 
 
-@click.group()
+@cli.group()
 def keys() -> None:
     """Ed25519 signing keys for bundles."""
 
@@ -28,7 +30,7 @@ def keys_generate(private_key: str, public_key: str | None) -> None:
     click.echo(f"trust it on a board with: edgemeta board init HOME --trust {pair.public_path}")
 
 
-@click.group()
+@cli.group()
 def bundle() -> None:
     """Work on bundle files."""
 
@@ -61,7 +63,7 @@ def bundle_verify(bundle_path: str, trust: tuple[str, ...]) -> None:
     click.echo(f"{bundle_path}: signature by trusted key {key.key_id} verifies")
 
 
-@click.group()
+@cli.group()
 def board() -> None:
     """Configure a board home (run on the board, or on a mounted SD card)."""
 
