@@ -8,14 +8,21 @@ from edgemeta.fleet.broker import Broker, free_port, start_broker
 from edgemeta.fleet.monitor import DeviceState, FleetMonitor
 from edgemeta.fleet.reporter import DeviceReporter, DeviceStatus
 from edgemeta.fleet.schema import (
+    COMMANDS,
     KINDS,
+    MAX_COMMAND_BYTES,
     MAX_PAYLOAD_BYTES,
     SCHEMA_VERSION,
     Birth,
+    Command,
     Death,
+    HostState,
+    Reply,
     Telemetry,
     TopicParts,
     decode,
+    decode_host_state,
+    host_topic,
     parse_topic,
     topic,
     topic_filter,
@@ -23,6 +30,13 @@ from edgemeta.fleet.schema import (
 from edgemeta.fleet.view import render_table, watch
 
 __all__ = [
+    "COMMANDS",
+    "MAX_COMMAND_BYTES",
+    "Command",
+    "HostState",
+    "Reply",
+    "decode_host_state",
+    "host_topic",
     "KINDS",
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",

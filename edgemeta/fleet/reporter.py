@@ -114,7 +114,10 @@ class DeviceReporter(StartStop):
         # Milliseconds since the epoch: a restarted process always gets a larger session. Each
         # reconnect takes a larger one too (see _on_disconnect).
         self._session = int(time.time() * 1000)
-        self._seq = 0
+        self._boot = self._session  # constant for the process: (boot, n) names a telemetry
+        self._n = 0
+        self._bd_seq = 0  # Sparkplug bdSeq: +1 per connection, shared by birth and Last Will
+        self._seq = 0  # Sparkplug seq: 0 in the birth, then +1 per message, wrapping at 256
         # _lock orders seq on the wire and is held across client.publish(); _session_lock guards
         # only the session and is never held while calling into paho, so paho's thread (which
         # takes it in _on_disconnect) cannot deadlock against a publisher holding _lock.
@@ -228,7 +231,9 @@ class DeviceReporter(StartStop):
         if self._timer is not None:
             self._timer.join(timeout_s)
         if self._client.is_connected():
-            death = Death(self._device_id, self._fleet, self.session, time.time(), "graceful")
+            with self._lock:
+                death = Death(self._device_id, self._fleet, self.session, time.time(), "graceful",
+                              bd_seq=self._bd_seq, seq=self._next_seq())
             info = self._client.publish(self._topic("death"), death.to_payload(), qos=1, retain=True)
             self._wait(info, timeout_s, "graceful death")
         else:
@@ -245,7 +250,8 @@ class DeviceReporter(StartStop):
 
     def _set_will(self) -> None:
         # paho sends the Will with the next CONNECT, so this must run before each (re)connect.
-        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost")
+        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost",
+                     bd_seq=self._bd_seq)
         self._client.will_set(self._topic("death"), will.to_payload(), qos=1, retain=True)
 
     def _current_status(self) -> DeviceStatus:
@@ -263,13 +269,24 @@ class DeviceReporter(StartStop):
         self._last_status = st
         return st
 
+    def _next_seq(self) -> int:
+        # Called with self._lock held.
+        self._seq = (self._seq + 1) % 256
+        return self._seq
+
     def _birth(self) -> Birth:
         st = self._current_status()
-        return Birth(
-            device_id=self._device_id, fleet=self._fleet, session=self.session, ts=time.time(),
-            model_version=st.model_version, model_sha256=st.model_sha256, backend=self._backend,
-            board=self._board, labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
-        )
+        with self._lock:
+            self._seq = 0  # a birth restarts the sequence
+            with self._session_lock:
+                bd_seq = self._bd_seq
+            return Birth(
+                device_id=self._device_id, fleet=self._fleet, session=self.session,
+                ts=time.time(), model_version=st.model_version, model_sha256=st.model_sha256,
+                backend=self._backend, board=self._board,
+                labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
+                bd_seq=bd_seq, seq=0,
+            )
 
     def _publish_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo]:
         st = self._current_status()
@@ -279,14 +296,14 @@ class DeviceReporter(StartStop):
         with self._lock:
             msg = Telemetry(
                 device_id=self._device_id, fleet=self._fleet, session=self.session,
-                seq=self._seq, ts=time.time(), uptime_s=time.monotonic() - self._t0,
+                seq=self._next_seq(), ts=time.time(), uptime_s=time.monotonic() - self._t0,
                 model_version=st.model_version, model_sha256=st.model_sha256,
                 labels=tuple(st.labels[:MAX_LABELS_SENT]), n_classes=len(st.labels),
                 inference_count=st.inference_count, latency_p50_ms=st.latency_p50_ms,
                 latency_p95_ms=st.latency_p95_ms, rss_bytes=rss, accuracy=st.accuracy,
-                evaluated=st.evaluated,
+                evaluated=st.evaluated, boot=self._boot, n=self._n,
             )
-            self._seq += 1
+            self._n += 1
             info = self._client.publish(self._topic("telemetry"), msg.to_payload(), qos=1)
         return msg, info
 
@@ -348,6 +365,7 @@ class DeviceReporter(StartStop):
         # next connection gets a larger session and its own Will.
         with self._session_lock:
             self._session = max(self._session + 1, int(time.time() * 1000))
+            self._bd_seq = (self._bd_seq + 1) % 256
             self._set_will()
             session = self._session
         log.warning("reporter %s lost its broker connection (%s); reconnecting as session %d",

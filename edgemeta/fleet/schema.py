@@ -1,181 +1,75 @@
-"""Topic namespace and versioned JSON payloads of the fleet telemetry protocol.
+"""Topic namespace and versioned JSON payloads of the fleet protocol.
 
-Topics are ``edgemeta/v1/<fleet>/<device>/<kind>``. Payloads are UTF-8 JSON objects carrying
-``"schema": 1``. Decoding is strict on purpose: the monitor runs against a shared broker where
-anything can be published, so every field is type-checked and a bad message raises
-:class:`~edgemeta.errors.MessageError` naming the field and the expected type.
+Topics are ``edgemeta/v1/<fleet>/<device>/<kind>``, plus the retained host state at
+``edgemeta/v1/_host/<host_id>``. Payloads are UTF-8 JSON objects carrying ``"schema": 2``.
+Decoding is strict on purpose: the monitor runs against a shared broker where anything can be
+published, so every field is type-checked and a bad message raises
+:class:`~edgemeta.errors.MessageError` naming the field and the expected type. The JSON Schema
+of every kind is generated from the same field table (:mod:`edgemeta.fleet.jsonschema`) and
+shipped in ``edgemeta/fleet/schemas/``.
 
-Adding a kind (cmd, reply, ota, ...) means adding a frozen dataclass with a ``_SPEC`` and an entry
-in :data:`MESSAGE_TYPES`; :data:`KINDS`, :func:`topic`, :func:`parse_topic` and :func:`decode`
-follow from that table.
+Sequence numbers follow Eclipse Sparkplug B: ``bd_seq`` (0-255) counts a device's connections and
+is carried by its birth and by the Last Will death of the same connection; ``seq`` (0-255,
+wrapping) is 0 in every birth and +1 on every later message of the device (telemetry, reply,
+graceful death), so the monitor sees a gap as soon as one message is missing. ``boot`` and ``n``
+(edgemeta's own) identify each telemetry message uniquely across reconnects, so messages replayed
+from the device's disk spool are counted exactly once.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
 from edgemeta.errors import MessageError
+from edgemeta.fleet._fields import (
+    COMMANDS,
+    MAX_PAYLOAD_BYTES,
+    MISSING,
+    SCHEMA_VERSION,
+    Validated,
+    describe,
+    expected,
+    is_int,
+    validate_id,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
+    "HOST_ROOT",
     "MAX_PAYLOAD_BYTES",
+    "MAX_COMMAND_BYTES",
+    "COMMANDS",
     "KINDS",
     "TopicParts",
     "Birth",
     "Telemetry",
     "Death",
+    "Command",
+    "Reply",
+    "HostState",
     "Message",
     "MESSAGE_TYPES",
     "topic",
     "topic_filter",
+    "host_topic",
     "parse_topic",
     "decode",
+    "decode_host_state",
     "validate_id",
 ]
 
-SCHEMA_VERSION = 1
 TOPIC_ROOT = "edgemeta/v1"
-# 64 KiB is far above a realistic message (a few hundred bytes plus labels) and keeps a hostile
-# or buggy publisher from making the monitor parse megabytes.
-MAX_PAYLOAD_BYTES = 64 * 1024
-
-_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ID_EXPECTED = "1-64 characters from A-Z a-z 0-9 _ . -"
+HOST_ROOT = f"{TOPIC_ROOT}/_host"
+# Commands carry images (enroll, classify): larger than telemetry, still bounded.
+MAX_COMMAND_BYTES = 1024 * 1024
 DeathReason = Literal["graceful", "lost"]
-_REASONS = ("graceful", "lost")
-
-
-def validate_id(value: object, what: str) -> str:
-    """Check a fleet or device id and return it.
-
-    Args:
-        value: The candidate id.
-        what: What it is ("fleet", "device id"), used in the error message.
-
-    Raises:
-        MessageError: If ``value`` is not a string of 1-64 characters ``[A-Za-z0-9_.-]``.
-    """
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        raise MessageError(f"invalid {what} {value!r}: expected {_ID_EXPECTED}")
-    return value
-
-
-# --- field checking -----------------------------------------------------------------------------
-# Each spec maps to (expected-type text, checker). A checker returns the normalised value or None
-# when the value does not fit; the caller turns that into one uniform error message.
-
-
-def _is_int(v: object) -> bool:
-    # bool is a subclass of int, but `true` is never a valid count.
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _as_float(v: object) -> float | None:
-    if _is_int(v) or isinstance(v, float):
-        f = float(v)  # type: ignore[arg-type]
-        return f if math.isfinite(f) else None
-    return None
-
-
-_MISSING = object()
-
-
-def _check_value(spec: str, v: Any) -> Any:
-    """Return the normalised value, or ``_MISSING`` if ``v`` does not match ``spec``."""
-    optional = spec.endswith("?")
-    base = spec.rstrip("?")
-    if v is None:
-        return None if optional else _MISSING
-    if base == "id":
-        return v if isinstance(v, str) and _ID_RE.fullmatch(v) else _MISSING
-    if base == "str":
-        return v if isinstance(v, str) else _MISSING
-    if base == "uint":
-        return v if _is_int(v) and v >= 0 else _MISSING
-    if base in ("float", "ufloat", "fraction"):
-        f = _as_float(v)
-        if f is None or (base != "float" and f < 0) or (base == "fraction" and f > 1):
-            return _MISSING
-        return f
-    if base == "labels":
-        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-            return tuple(v)
-        return _MISSING
-    if base == "reason":
-        return v if v in _REASONS else _MISSING
-    raise AssertionError(f"unknown field spec {spec!r}")  # a programming error, not bad input
-
-
-_EXPECTED = {
-    "id": _ID_EXPECTED,
-    "str": "a string",
-    "uint": "a non-negative integer",
-    "float": "a finite number",
-    "ufloat": "a finite non-negative number",
-    "fraction": "a number between 0 and 1",
-    "labels": "a list of strings",
-    "reason": "one of 'graceful', 'lost'",
-}
-
-
-def _expected(spec: str) -> str:
-    text = _EXPECTED[spec.rstrip("?")]
-    return f"{text} or null" if spec.endswith("?") else text
-
-
-def _describe(v: object) -> str:
-    shown = repr(v)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return f"{type(v).__name__} {shown}"
-
-
-class _Validated:
-    """Mixin: validates and normalises fields against ``_SPEC`` after construction."""
-
-    KIND: ClassVar[str]
-    _SPEC: ClassVar[dict[str, str]]
-
-    def __post_init__(self) -> None:
-        for name, spec in self._SPEC.items():
-            value = getattr(self, name)
-            checked = _check_value(spec, value)
-            if checked is _MISSING:
-                raise MessageError(
-                    f"{self.KIND} field '{name}': expected {_expected(spec)}, got {_describe(value)}"
-                )
-            # Frozen dataclass: normalising (int -> float, list -> tuple) needs object.__setattr__.
-            object.__setattr__(self, name, checked)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON object of this message, including the schema version."""
-        out: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def to_payload(self) -> bytes:
-        """Encode as compact UTF-8 JSON.
-
-        Raises:
-            MessageError: If the encoded message exceeds :data:`MAX_PAYLOAD_BYTES`.
-        """
-        data = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
-        if len(data) > MAX_PAYLOAD_BYTES:
-            raise MessageError(
-                f"{self.KIND} payload is {len(data)} bytes: expected at most {MAX_PAYLOAD_BYTES}"
-            )
-        return data
 
 
 @dataclass(frozen=True)
-class Birth(_Validated):
+class Birth(Validated):
     """Published retained on every (re)connect; says which model a device runs.
 
     Attributes:
@@ -190,13 +84,16 @@ class Birth(_Validated):
         board: Board profile name, or None.
         labels: Class labels currently enrolled.
         agent_version: edgemeta version on the device.
+        bd_seq: Birth/death sequence number of this connection (0-255); the Last Will of the
+            same connection carries the same value.
+        seq: Message sequence number: always 0 in a birth (the sequence restarts here).
     """
 
     KIND: ClassVar[str] = "birth"
     _SPEC: ClassVar[dict[str, str]] = {
         "device_id": "id", "fleet": "id", "session": "uint", "ts": "ufloat",
         "model_version": "str?", "model_sha256": "str?", "backend": "str?", "board": "str?",
-        "labels": "labels", "agent_version": "str",
+        "labels": "labels", "agent_version": "str", "bd_seq": "byte", "seq": "byte",
     }
 
     device_id: str
@@ -209,17 +106,19 @@ class Birth(_Validated):
     board: str | None
     labels: tuple[str, ...]
     agent_version: str
+    bd_seq: int = 0
+    seq: int = 0
 
 
 @dataclass(frozen=True)
-class Telemetry(_Validated):
+class Telemetry(Validated):
     """Periodic metrics of one device.
 
     Attributes:
         device_id: Device id.
         fleet: Fleet id.
         session: Session id of the publishing connection (same as its birth).
-        seq: 0 for the first telemetry of a reporter, +1 per message (not reset on reconnect).
+        seq: Message sequence number, 1-255 then wrapping to 0; +1 per message since the birth.
         ts: Unix seconds when composed.
         uptime_s: Seconds since the reporter was started.
         model_version: Bundle version or None.
@@ -232,15 +131,22 @@ class Telemetry(_Validated):
         rss_bytes: Resident memory of the agent process.
         accuracy: Few-shot accuracy on labelled images, None when unknown.
         evaluated: Number of labelled images ``accuracy`` is computed over.
+        boot: Milliseconds since the epoch when the reporting process started.
+        n: Number of this telemetry message since ``boot`` (0, 1, 2, ...); ``(boot, n)`` is
+            unique, also for messages replayed from the spool.
+        dropped: Telemetry messages dropped from the full spool since ``boot``.
+        replayed: True if the message was kept in the spool while the broker was unreachable
+            and sent after reconnecting (``ts`` is when it was composed).
     """
 
     KIND: ClassVar[str] = "telemetry"
     _SPEC: ClassVar[dict[str, str]] = {
-        "device_id": "id", "fleet": "id", "session": "uint", "seq": "uint", "ts": "ufloat",
+        "device_id": "id", "fleet": "id", "session": "uint", "seq": "byte", "ts": "ufloat",
         "uptime_s": "ufloat", "model_version": "str?", "model_sha256": "str?",
         "labels": "labels", "n_classes": "uint", "inference_count": "uint",
         "latency_p50_ms": "ufloat?", "latency_p95_ms": "ufloat?", "rss_bytes": "uint",
-        "accuracy": "fraction?", "evaluated": "uint",
+        "accuracy": "fraction?", "evaluated": "uint", "boot": "uint", "n": "uint",
+        "dropped": "uint", "replayed": "bool",
     }
 
     device_id: str
@@ -259,10 +165,14 @@ class Telemetry(_Validated):
     rss_bytes: int
     accuracy: float | None
     evaluated: int
+    boot: int = 0
+    n: int = 0
+    dropped: int = 0
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
-class Death(_Validated):
+class Death(Validated):
     """A device going away: graceful on ``stop()``, ``lost`` as the broker-sent Last Will.
 
     Attributes:
@@ -271,11 +181,15 @@ class Death(_Validated):
         session: Session id of the connection that ended; lets the monitor ignore stale deaths.
         ts: Unix seconds, or None in the Last Will (composed at connect time, sent later).
         reason: ``"graceful"`` or ``"lost"``.
+        bd_seq: The ``bd_seq`` of the birth of the connection that ended.
+        seq: Message sequence number of a graceful death; None in the Last Will (composed at
+            connect time, so it cannot know the sequence).
     """
 
     KIND: ClassVar[str] = "death"
     _SPEC: ClassVar[dict[str, str]] = {
         "device_id": "id", "fleet": "id", "session": "uint", "ts": "ufloat?", "reason": "reason",
+        "bd_seq": "byte", "seq": "byte?",
     }
 
     device_id: str
@@ -283,13 +197,92 @@ class Death(_Validated):
     session: int
     ts: float | None
     reason: DeathReason
+    bd_seq: int = 0
+    seq: int | None = None
 
 
-Message = Union[Birth, Telemetry, Death]
 
-# The single registry of kinds: topic validation and decoding both read it.
-MESSAGE_TYPES: dict[str, type[Birth] | type[Telemetry] | type[Death]] = {
-    cls.KIND: cls for cls in (Birth, Telemetry, Death)
+
+@dataclass(frozen=True)
+class Command(Validated):
+    """A request from a host to one device, on ``.../<device>/cmd``; answered by a :class:`Reply`.
+
+    Attributes:
+        id: Correlation id chosen by the sender (1-64 characters ``[A-Za-z0-9_.-]``); the reply
+            carries it back.
+        command: One of :data:`COMMANDS`.
+        args: Arguments of the command (see docs/telemetry.md); checked by the device.
+        ts: Unix seconds when sent.
+        host_id: The sending host, for the device's log.
+    """
+
+    KIND: ClassVar[str] = "cmd"
+    MAX_BYTES: ClassVar[int] = MAX_COMMAND_BYTES
+    _SPEC: ClassVar[dict[str, str]] = {
+        "id": "id", "command": "command", "args": "object", "ts": "ufloat", "host_id": "str",
+    }
+
+    id: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+    host_id: str = ""
+
+
+@dataclass(frozen=True)
+class Reply(Validated):
+    """A device's answer to a :class:`Command`, on ``.../<device>/reply``.
+
+    Attributes:
+        id: The command's id (or ``"invalid"`` when the command could not even be parsed).
+        device_id: Device id.
+        fleet: Fleet id.
+        session: Session id of the replying connection.
+        seq: Message sequence number (see the module docstring).
+        ts: Unix seconds when composed.
+        ok: Whether the command was carried out.
+        result: What it produced (e.g. predictions), or None.
+        error: Why it was refused or failed, or None; a refused command changed nothing.
+    """
+
+    KIND: ClassVar[str] = "reply"
+    _SPEC: ClassVar[dict[str, str]] = {
+        "id": "id", "device_id": "id", "fleet": "id", "session": "uint", "seq": "byte",
+        "ts": "ufloat", "ok": "bool", "result": "object?", "error": "str?",
+    }
+
+    id: str
+    device_id: str
+    fleet: str
+    session: int
+    seq: int
+    ts: float
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostState(Validated):
+    """Retained on ``edgemeta/v1/_host/<host_id>``: whether a monitor is listening.
+
+    Published ``online: true`` when a monitor connects; its Last Will (also retained) says
+    ``online: false``, so devices always know whether anyone hears them.
+    """
+
+    KIND: ClassVar[str] = "host"
+    _SPEC: ClassVar[dict[str, str]] = {"host_id": "id", "online": "bool", "ts": "ufloat?"}
+
+    host_id: str
+    online: bool
+    ts: float | None = None
+
+
+Message = Union[Birth, Telemetry, Death, Command, Reply]
+
+# The single registry of per-device kinds: topic validation and decoding both read it.
+MESSAGE_TYPES: dict[str, type[Validated]] = {
+    cls.KIND: cls for cls in (Birth, Telemetry, Death, Command, Reply)
 }
 KINDS: tuple[str, ...] = tuple(MESSAGE_TYPES)
 
@@ -348,7 +341,7 @@ def parse_topic(value: str) -> TopicParts:
             and a known kind.
     """
     if not isinstance(value, str):
-        raise MessageError(f"topic must be a string, got {_describe(value)}")
+        raise MessageError(f"topic must be a string, got {describe(value)}")
     parts = value.split("/")
     if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT:
         raise MessageError(
@@ -373,19 +366,23 @@ def decode(kind: str, payload: bytes) -> Message:
         payload: Raw MQTT payload.
 
     Returns:
-        A :class:`Birth`, :class:`Telemetry` or :class:`Death`. Unknown extra fields are ignored so
-        that schema 1 can grow optional fields without breaking older monitors.
+        A :class:`Birth`, :class:`Telemetry`, :class:`Death`, :class:`Command` or
+        :class:`Reply`. Unknown extra fields are ignored so that a schema can grow optional
+        fields without breaking older monitors.
 
     Raises:
         MessageError: Naming what was wrong: unknown kind, oversized payload, not UTF-8 JSON, not
             an object, missing or unsupported schema version, missing or wrong-typed field.
     """
-    cls = MESSAGE_TYPES[_check_kind(kind)]
+    return _decode_as(MESSAGE_TYPES[_check_kind(kind)], kind, payload)  # type: ignore[return-value]
+
+
+def _decode_as(cls: type[Validated], kind: str, payload: bytes) -> Validated:
     if not isinstance(payload, (bytes, bytearray)):
         raise MessageError(f"{kind} payload must be bytes, got {type(payload).__name__}")
-    if len(payload) > MAX_PAYLOAD_BYTES:
+    if len(payload) > cls.MAX_BYTES:
         raise MessageError(
-            f"{kind} payload is {len(payload)} bytes: expected at most {MAX_PAYLOAD_BYTES}"
+            f"{kind} payload is {len(payload)} bytes: expected at most {cls.MAX_BYTES}"
         )
     try:
         obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
@@ -395,10 +392,11 @@ def decode(kind: str, payload: bytes) -> Message:
         raise MessageError(f"{kind} payload is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise MessageError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
-    version = obj.get("schema", _MISSING)
-    if version is _MISSING:
-        raise MessageError(f"{kind} payload has no 'schema' field: expected \"schema\": 1")
-    if not _is_int(version) or version != SCHEMA_VERSION:
+    version = obj.get("schema", MISSING)
+    if version is MISSING:
+        raise MessageError(f"{kind} payload has no 'schema' field: expected "
+                           f"\"schema\": {SCHEMA_VERSION}")
+    if not is_int(version) or version != SCHEMA_VERSION:
         raise MessageError(
             f"{kind} payload has unsupported schema version {version!r}: "
             f"expected {SCHEMA_VERSION}"
@@ -407,7 +405,29 @@ def decode(kind: str, payload: bytes) -> Message:
     for name, spec in cls._SPEC.items():
         if name not in obj:
             raise MessageError(
-                f"{kind} payload is missing field '{name}': expected {_expected(spec)}"
+                f"{kind} payload is missing field '{name}': expected {expected(spec)}"
             )
         kwargs[name] = obj[name]
     return cls(**kwargs)  # __post_init__ type-checks every field
+
+
+def host_topic(host_id: str) -> str:
+    """The retained host-state topic of one monitor."""
+    return f"{HOST_ROOT}/{validate_id(host_id, 'host id')}"
+
+
+def decode_host_state(topic_name: str, payload: bytes) -> HostState:
+    """Decode a host-state message and check it matches its topic.
+
+    Raises:
+        MessageError: Wrong topic, or a payload that is not a valid host state.
+    """
+    prefix = HOST_ROOT + "/"
+    if not isinstance(topic_name, str) or not topic_name.startswith(prefix):
+        raise MessageError(f"topic {topic_name!r} is not a host-state topic: expected "
+                           f"{HOST_ROOT}/<host_id>")
+    state = _decode_as(HostState, "host", payload)
+    if state.host_id != topic_name[len(prefix):]:
+        raise MessageError(f"host state of {state.host_id!r} on the topic of "
+                           f"{topic_name[len(prefix):]!r}")
+    return state  # type: ignore[return-value]

@@ -26,7 +26,10 @@ from typing import Any, ClassVar
 
 from edgemeta.bundle.archive import MAX_BUNDLE_BYTES
 from edgemeta.errors import MessageError
-from edgemeta.fleet.schema import SCHEMA_VERSION, TOPIC_ROOT, validate_id
+from edgemeta.fleet.schema import TOPIC_ROOT, validate_id
+
+# The over-the-air payloads are versioned on their own, independently of telemetry.
+SCHEMA_VERSION = 1
 
 __all__ = [
     "ACK_EVERY", "CHUNK_HEADER_BYTES", "CHUNK_MAGIC", "DEFAULT_CHUNK_BYTES", "FINAL_STATES",

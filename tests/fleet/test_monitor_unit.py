@@ -159,7 +159,7 @@ def test_wait_until_sees_silence_without_messages(clock: FakeClock) -> None:
         ("edgemeta/v1/lab/pi-01/birth", b"{oops", "not JSON"),
         ("edgemeta/v1/lab/pi-01/birth", b'{"schema": 9}', "unsupported schema version 9"),
         ("edgemeta/v1/lab/pi 01/birth", b"{}", "invalid device id"),
-        ("edgemeta/v1/lab/pi-01/telemetry", json.dumps({"schema": 1}).encode(),
+        ("edgemeta/v1/lab/pi-01/telemetry", json.dumps({"schema": 2}).encode(),
          "missing field 'device_id'"),
     ],
 )

@@ -79,8 +79,8 @@ def test_topic_validates_ids_and_kind() -> None:
         topic("lab", "a/b", "birth")
     with pytest.raises(MessageError, match="invalid fleet '\\+'"):
         topic("+", "pi", "birth")
-    with pytest.raises(MessageError, match="unknown message kind 'cmd'.*birth, telemetry, death"):
-        topic("lab", "pi", "cmd")
+    with pytest.raises(MessageError, match="unknown message kind 'ota'.*birth, telemetry, death, cmd, reply"):
+        topic("lab", "pi", "ota")
     assert topic("a" * 64, "A.b_c-9", "death") == f"edgemeta/v1/{'a' * 64}/A.b_c-9/death"
 
 
@@ -97,7 +97,7 @@ def test_topic_filter_wildcards() -> None:
 def test_birth_round_trip_and_schema_field() -> None:
     b = make_birth()
     data = b.to_payload()
-    assert json.loads(data)["schema"] == 1
+    assert json.loads(data)["schema"] == 2
     assert decode("birth", data) == b
     assert b.labels == ("cat", "dog")  # stored immutable
 
@@ -143,7 +143,7 @@ def test_unknown_extra_fields_are_ignored() -> None:
         (b"[1, 2]", "must be a JSON object, got list"),
         (b'"birth"', "must be a JSON object, got str"),
         (b'{"device_id": "x"}', "no 'schema' field"),
-        (b'{"schema": 2}', "unsupported schema version 2: expected 1"),
+        (b'{"schema": 1}', "unsupported schema version 1: expected 2"),
         (b'{"schema": "1"}', "unsupported schema version '1'"),
         (b'{"schema": true}', "unsupported schema version True"),
     ],
@@ -173,7 +173,10 @@ def test_missing_field_names_field_and_type() -> None:
         ("birth", "labels", ["cat", 3], "field 'labels': expected a list of strings"),
         ("birth", "model_version", 7, "field 'model_version': expected a string or null"),
         ("birth", "device_id", "bad id", "field 'device_id': expected 1-64 characters"),
-        ("telemetry", "seq", 1.5, "field 'seq': expected a non-negative integer, got float"),
+        ("telemetry", "seq", 1.5, "field 'seq': expected an integer from 0 to 255, got float"),
+        ("telemetry", "seq", 256, "field 'seq': expected an integer from 0 to 255, got int 256"),
+        ("birth", "bd_seq", -1, "field 'bd_seq': expected an integer from 0 to 255"),
+        ("telemetry", "replayed", 1, "field 'replayed': expected true or false, got int 1"),
         ("telemetry", "accuracy", 1.5, "field 'accuracy': expected a number between 0 and 1"),
         ("telemetry", "latency_p95_ms", "fast", "field 'latency_p95_ms': expected a finite"),
         ("telemetry", "rss_bytes", None, "field 'rss_bytes': expected a non-negative integer"),
@@ -198,7 +201,7 @@ def test_nan_is_rejected() -> None:
 
 
 def test_too_large_payload_rejected_on_decode_and_encode() -> None:
-    big = b'{"schema": 1, "pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
+    big = b'{"schema": 2, "pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
     with pytest.raises(MessageError, match=f"expected at most {MAX_PAYLOAD_BYTES}"):
         decode("birth", big)
     many = [f"label-{i:05d}" for i in range(8000)]
@@ -220,5 +223,5 @@ def test_constructor_validates_too() -> None:
 
 def test_kind_registry_drives_everything() -> None:
     # Adding a kind is one table entry: KINDS, topic() and decode() all read MESSAGE_TYPES.
-    assert set(KINDS) == {"birth", "telemetry", "death"}
+    assert set(KINDS) == {"birth", "telemetry", "death", "cmd", "reply"}
     assert all(cls.KIND == kind for kind, cls in schema.MESSAGE_TYPES.items())
