@@ -13,6 +13,7 @@ _EXTRA_OF = {
     "tqdm": "host",
     "matplotlib": "host",
     "amqtt": "host",
+    "prometheus_client": "host",
     "ai_edge_litert": "device",
     "tflite_micro": "mcu",
 }

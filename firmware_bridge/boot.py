@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import BackendError, BundleError, FlashError
+from edgemeta.runtime.backends import available_backends
 from edgemeta.runtime.classifier import FewShotClassifier
 from edgemeta.runtime.health import health_check
 from firmware_bridge.install import rollback
@@ -51,7 +52,9 @@ def start_classifier(home: str | os.PathLike[str] | BoardHome, *, backend: str |
         return Started(_try_load(home, backend, num_threads))
     except (BundleError, BackendError) as exc:
         bad = _current_or_none(home)
-        if bad is None:
+        # No runtime at all is this machine's problem, not the model's: rolling back would
+        # only flip between versions on every start.
+        if bad is None or not available_backends():
             raise
         problem = str(exc)
     try:
@@ -59,9 +62,15 @@ def start_classifier(home: str | os.PathLike[str] | BoardHome, *, backend: str |
     except FlashError as exc:
         raise BundleError(f"the current model {bad} cannot start ({problem}) and rolling back "
                           f"failed: {exc}") from exc
+    try:
+        started = _try_load(home, backend, num_threads)
+    except (BundleError, BackendError) as exc:
+        rollback(home)  # neither starts: leave the board as it was found
+        raise BundleError(f"the current model {bad} cannot start ({problem}), and neither can "
+                          f"the previous version {good} ({exc})") from exc
     note = f"rolled back from {bad} to {good} because {bad} cannot start: {problem}"
     log.error("%s", note)
-    return Started(_try_load(home, backend, num_threads), note)
+    return Started(started, note)
 
 
 def _current_or_none(home: BoardHome) -> str | None:

@@ -167,10 +167,17 @@ def _locked(home: BoardHome) -> Iterator[None]:
     if fd is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        except BlockingIOError as exc:
             os.close(fd)
             raise InstallError(f"board home {home.root} is busy: another install or rollback is "
                                "running; try again when it has finished", "busy") from exc
+        except OSError as exc:
+            # e.g. ENOLCK on some network or FAT mounts: installing without the lock is what
+            # a user would expect there; the write order alone keeps the board consistent.
+            log.warning("cannot lock board home %s (%s); installing without the lock",
+                        home.root, exc)
+            os.close(fd)
+            fd = None
     try:
         yield
     finally:
@@ -201,6 +208,17 @@ def _write_previous(home: BoardHome, version: str) -> None:
         atomic_write_bytes(home.root / PREVIOUS_POINTER, (version + "\n").encode())
     except OSError as exc:
         log.warning("could not record %s as the previous version in %s: %s", version, home.root, exc)
+
+
+def _restore_previous(home: BoardHome, recorded: str | None) -> None:
+    # Undo an early `previous` write when the switch did not happen.
+    try:
+        if recorded is None:
+            (home.root / PREVIOUS_POINTER).unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(home.root / PREVIOUS_POINTER, (recorded + "\n").encode())
+    except OSError as exc:
+        log.warning("could not restore the previous-version record of %s: %s", home.root, exc)
 
 
 def _sweep_partials(home: BoardHome, current: str | None) -> None:
@@ -290,7 +308,11 @@ def _model_sha(home: BoardHome, version: str) -> str | None:
 def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str, ...]:
     # `protected` is passed in rather than re-read so that a failed write of the `previous`
     # file can never get the real previous version pruned.
-    versions = home.installed_versions()  # oldest first
+    try:
+        versions = home.installed_versions()  # oldest first
+    except OSError as exc:  # after the switch: the install succeeded, pruning can wait
+        log.warning("could not list installed versions of %s to prune: %s", home.root, exc)
+        return ()
     excess = len(versions) - keep
     pruned: list[str] = []
     for version in versions:
@@ -379,11 +401,15 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
         trust = check_trust(bundle, home, config)
         check_board(bundle, board or config.board)
         check_downgrade(bundle, current, allow_downgrade)
-        _sweep_partials(home, current)
         target = home.bundle_path(version)
-        existed = target.is_file()
+        try:
+            _sweep_partials(home, current)
+            existed = target.is_file()
+            same = existed and _installed_state(target, bundle) == "same"
+        except OSError as exc:
+            raise InstallError(f"cannot read the installed versions in {home.root}: {exc}; "
+                               "nothing was changed", "io") from exc
         recorded = _read_previous(home)
-        same = existed and _installed_state(target, bundle) == "same"
         if same and current == version:
             return InstallResult(version, recorded, target, changed=False, trust=trust)
         if not same:
@@ -396,10 +422,17 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
             report = _health(bundle, backend) if health_check else None
             migration = migrate_state(home, current, bundle,
                                       lambda: Embedder(bundle, backend=backend))
+            switching = current is not None and current != version
+            if switching:
+                # Recorded before the switch: a kill right after it must not leave `previous`
+                # naming the version before the one just replaced.
+                _write_previous(home, current)
             home.set_current(version)
         except BaseException as exc:
             if not same:
                 _undo(home, version, current, existed, created_dir)
+            if current is not None and current != version:
+                _restore_previous(home, recorded)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt/SystemExit: cleaned up, now let it through
             kept = f"{current} stays current" if current else "nothing is current"
@@ -411,11 +444,8 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
                                    "removed", "disk-full") from exc
             raise InstallError(f"installing {version} into {home.root} failed: {exc}; {kept} "
                                "and the partial copy was removed", "io") from exc
-        if current is None or current == version:  # first install, or repair of the current one
-            previous = recorded
-        else:
-            previous = current
-            _write_previous(home, current)
+        # First install, or repair of the current one: the recorded previous version stands.
+        previous = current if switching else recorded
         pruned = _prune(home, keep, {version, previous})
         return InstallResult(version, previous, target, True, pruned, trust, report, migration)
 

@@ -79,7 +79,7 @@ def migrate_state(home: BoardHome, current: str | None, new: Bundle,
     if store is None or not store.labels:
         return Migration(source=current)
     m = new.manifest
-    means, _ = reembed(store.examples, embedder().embed, m.input.preprocessing)
+    fresh = reembed(store.examples, embedder().embed, m.input.preprocessing)
     target = PrototypeStore(m.embedding_dim, m.model_sha256, m.distance)
     existing = _load_store(home, new)
     if existing is not None:
@@ -89,11 +89,11 @@ def migrate_state(home: BoardHome, current: str | None, new: Bundle,
         target.examples = existing.examples
     relearned = []
     for label in store.labels:
-        if label not in means:
+        if label not in fresh.means:
             continue
-        target.set_prototype(label, means[label], store.count(label))
-        target.examples.put(label, store.examples.images(label), store.examples.seen(label))
+        target.set_prototype(label, fresh.means[label], store.count(label))
+        target.examples.put(label, fresh.images[label], store.examples.seen(label))
         relearned.append(label)
-    lost = tuple(x for x in store.labels if x not in means and x not in target.labels)
+    lost = tuple(x for x in store.labels if x not in fresh.means and x not in target.labels)
     target.save(home.prototypes_path(m.model_sha256))
     return Migration(tuple(relearned), lost, current)

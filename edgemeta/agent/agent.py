@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import threading
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from edgemeta import __version__
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
+from edgemeta.agent.commands import CommandHandler
 from edgemeta.agent.stats import AccuracyCounter, LatencyWindow
 from edgemeta.runtime.classifier import FewShotClassifier
 from firmware_bridge.boot import start_classifier
@@ -31,10 +33,44 @@ from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
 if TYPE_CHECKING:
     from edgemeta.fleet import DeviceStatus
 
-__all__ = ["DeviceAgent", "InboxReport", "IMAGE_SUFFIXES"]
+__all__ = ["DeviceAgent", "InboxReport", "IMAGE_SUFFIXES", "configure_logging"]
 
 log = logging.getLogger(__name__)
-RECONNECT_S = 15.0  # between attempts to reach a broker that was down when the agent started
+RECONNECT_S = 15.0  # between attempts to start OTA when the broker was down for it
+# A board's SD card is small and logs must never fill it: 1 MiB x (1 + 3 backups) at most.
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 3
+
+
+def configure_logging(path: str | os.PathLike[str], max_bytes: int = LOG_MAX_BYTES,
+                      backups: int = LOG_BACKUPS, level: int = logging.INFO
+                      ) -> logging.handlers.RotatingFileHandler:
+    """Send the agent's log (and paho's, edgemeta's) to a size-bounded rotating file.
+
+    Args:
+        path: The log file, e.g. ``HOME/agent.log``; rotated to ``agent.log.1`` ... ``.N``.
+        max_bytes: Size at which the file is rotated.
+        backups: Rotated files kept.
+        level: Lowest level written to the file.
+
+    Returns:
+        The handler, added to the root logger (remove it to stop logging there).
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes,
+                                                   backupCount=backups, encoding="utf-8")
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level or logging.WARNING
+    if previous > level:
+        # Lowering the root level for the file must not make stderr chattier than before.
+        for other in root.handlers:
+            if other.level == logging.NOTSET:
+                other.setLevel(previous)
+        root.setLevel(level)
+    root.addHandler(handler)
+    return handler
 
 
 @dataclass(frozen=True)
@@ -55,7 +91,8 @@ class DeviceAgent:
 
     def __init__(self, home: str | os.PathLike[str], device_id: str, *, broker_url: str | None = None,
                  fleet: str = "default", interval_s: float = 5.0, backend: str | None = None,
-                 board: str | None = None, num_threads: int = 1, ota: bool = True) -> None:
+                 board: str | None = None, num_threads: int = 1, ota: bool = True,
+                 spool_max_bytes: int | None = None) -> None:
         self.home = BoardHome.at(home)
         self.device_id = device_id
         self.fleet = fleet
@@ -76,19 +113,27 @@ class DeviceAgent:
         self._lock = threading.RLock()
         self._reporting = False
         self._next_connect = 0.0
+        # Remote commands (`edgemeta fleet cmd`) take the same lock as the inbox loop.
+        self.commands = CommandHandler(self, self._lock, backend=backend, num_threads=num_threads)
         self.reporter = None
         self._reporter_args = dict(broker_url=broker_url, device_id=device_id, fleet=fleet,
-                                   interval_s=interval_s, board=board)
+                                   interval_s=interval_s, board=board,
+                                   spool_max_bytes=spool_max_bytes)
         if broker_url:
             self.reporter = self._new_reporter()
 
     def _new_reporter(self):
         from edgemeta.fleet import DeviceReporter
 
+        from edgemeta.fleet.spool import DEFAULT_MAX_BYTES
+
         a = self._reporter_args
+        # Telemetry waits in HOME/spool while the broker is away and is replayed afterwards.
         return DeviceReporter(a["broker_url"], a["device_id"], fleet=a["fleet"],
                               interval_s=a["interval_s"], status=self.status, board=a["board"],
-                              backend=self.classifier.backend)
+                              backend=self.classifier.backend, command_handler=self.commands,
+                              spool=self.home.root / "spool",
+                              spool_max_bytes=a["spool_max_bytes"] or DEFAULT_MAX_BYTES)
 
     def status(self) -> "DeviceStatus":
         """A consistent snapshot of what the board is doing, for the reporter's threads."""
@@ -211,27 +256,20 @@ class DeviceAgent:
         from edgemeta.errors import FleetError
 
         if not self._reporting:
-            if time.monotonic() < self._next_connect:
-                return
-            try:
-                self.reporter.start()
-                self._reporting = True
-                self._start_ota()
-            except FleetError as exc:
-                # A reporter that failed to start cannot be restarted: make a fresh one, later.
-                log.warning("cannot report (%s); working offline, retrying in %g s", exc,
-                            RECONNECT_S)
-                self.reporter = self._new_reporter()
-                self._next_connect = time.monotonic() + RECONNECT_S
+            # Never blocks: paho keeps (re)connecting in the background, broker restarts
+            # included, and telemetry waits in the spool meanwhile.
+            self.reporter.start(wait=False)
+            self._reporting = True
+            self._next_connect = time.monotonic()
             return
         if self.ota is None and self._ota_enabled and time.monotonic() >= self._next_connect:
             self._next_connect = time.monotonic() + RECONNECT_S
             self._start_ota()  # the broker was reachable for the reporter but not for OTA
         if now:
             try:
-                self.reporter.publish_now()
-            except FleetError as exc:  # paho reconnects by itself; the next telemetry catches up
-                log.warning("telemetry not acknowledged (%s); will retry", exc)
+                self.reporter.report()  # sent now, or spooled until the broker is back
+            except FleetError as exc:
+                log.warning("telemetry not sent: %s", exc)
 
     def _start_ota(self) -> None:
         """Listen for over-the-air updates on a second MQTT connection; offline is not fatal."""

@@ -9,6 +9,17 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes"]
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; doing that once at import, not on every write,
+    # keeps other threads (MQTT, the agent) from creating files during a umask(0) window.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
 
@@ -26,9 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     tmp = Path(tmp_name)
     try:
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, (0o666 & ~umask) if mode is None else mode)
+        os.fchmod(fd, (0o666 & ~_UMASK) if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -25,13 +25,14 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# fullmatch, not match: "$" also matches before a trailing newline, and "2.0.0\n" must not pass.
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _DISTANCES = ("squared_euclidean", "cosine")
 
 
 def validate_version(version: str) -> str:
     """Return ``version`` if it is safe as a directory name on a board, else raise BundleError."""
-    if not isinstance(version, str) or not _VERSION_RE.match(version) or ".." in version:
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version) or ".." in version:
         raise BundleError(
             f"model version {version!r} is not valid; expected 1-64 characters of letters, digits, "
             "'.', '_', '+' or '-', starting with a letter or digit (e.g. '1.0.0')"
@@ -70,10 +71,13 @@ def _version_key(version: str) -> tuple[tuple[tuple[int, int | str], ...], int,
     # Semantic-versioning order: numeric parts compare as numbers, "+build" metadata is ignored,
     # and a pre-release ("1.0.0-rc1") sorts before its release ("1.0.0").
     core, _, pre = version.split("+", 1)[0].partition("-")
+    if core[:1] in ("v", "V") and core[1:2].isdigit():
+        core = core[1:]  # "v1.2.0" is version 1.2.0, a common tag style
 
     def parts(text: str) -> tuple[tuple[int, int | str], ...]:
+        # Runs of digits compare as numbers, runs of letters as text: "rc10" > "rc9".
         return tuple((0, int(p)) if p.isdigit() else (1, p)
-                     for p in re.split(r"[._]", text) if p != "")
+                     for p in re.findall(r"\d+|[^\d._]+", text))
 
     return parts(core), (0 if pre else 1), parts(pre)
 

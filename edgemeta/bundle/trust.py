@@ -41,12 +41,17 @@ class BoardConfig:
     Attributes:
         board: The board profile this home runs on (e.g. ``"rpi-4b"``); bundles are checked
             against it before install. None: not checked.
-        allow_unsigned: Install bundles without a signature. Off by default; a bundle that *is*
-            signed must still verify against a trusted key.
+        allow_unsigned: Install bundles without a signature. Off by default; a bundle signed by
+            a key the board trusts must still verify.
+        allow_ota_downgrade: Honour a downgrade requested in an over-the-air offer. Off by
+            default: anyone who can publish to the board's topics could otherwise replay an old,
+            correctly signed bundle with known flaws. Downgrades by ``dir:`` or ``ssh://`` (which
+            need access to the board itself) are not affected.
     """
 
     board: str | None = None
     allow_unsigned: bool = False
+    allow_ota_downgrade: bool = False
 
     def to_json(self) -> bytes:
         return (json.dumps({"schema": _CONFIG_SCHEMA, **asdict(self)}, indent=2, sort_keys=True)
@@ -79,11 +84,14 @@ def read_config(home: BoardHome | str | os.PathLike[str]) -> BoardConfig:
     if not isinstance(data, dict) or data.get("schema") != _CONFIG_SCHEMA:
         raise BundleError(f"{path}: expected a JSON object with \"schema\": {_CONFIG_SCHEMA}")
     board, allow = data.get("board"), data.get("allow_unsigned", False)
-    unknown = sorted(set(data) - {"schema", "board", "allow_unsigned"})
-    if unknown or not (board is None or isinstance(board, str)) or not isinstance(allow, bool):
-        raise BundleError(f"{path}: expected only board (a profile name or null) and "
-                          f"allow_unsigned (true/false){'; unknown: ' + str(unknown) if unknown else ''}")
-    return BoardConfig(board=board, allow_unsigned=allow)
+    ota_down = data.get("allow_ota_downgrade", False)
+    unknown = sorted(set(data) - {"schema", "board", "allow_unsigned", "allow_ota_downgrade"})
+    if (unknown or not (board is None or isinstance(board, str)) or not isinstance(allow, bool)
+            or not isinstance(ota_down, bool)):
+        raise BundleError(f"{path}: expected only board (a profile name or null), allow_unsigned "
+                          "and allow_ota_downgrade (true/false)"
+                          f"{'; unknown: ' + str(unknown) if unknown else ''}")
+    return BoardConfig(board=board, allow_unsigned=allow, allow_ota_downgrade=ota_down)
 
 
 def trusted_keys(home: BoardHome | str | os.PathLike[str]) -> list[PublicKey]:
@@ -102,7 +110,7 @@ def trusted_keys(home: BoardHome | str | os.PathLike[str]) -> list[PublicKey]:
 
 def init_home(home: BoardHome | str | os.PathLike[str], *,
               trust: Iterable[str | os.PathLike[str]] = (), allow_unsigned: bool | None = None,
-              board: str | None = None) -> BoardConfig:
+              board: str | None = None, allow_ota_downgrade: bool | None = None) -> BoardConfig:
     """Create or update a board home's trust settings.
 
     Only what is given changes: keys are added to those already trusted, and ``allow_unsigned``
@@ -113,6 +121,7 @@ def init_home(home: BoardHome | str | os.PathLike[str], *,
         trust: Public key files (``.pub`` from ``edgemeta keys generate``) to trust.
         allow_unsigned: Set whether unsigned bundles are accepted.
         board: Set the board profile name the home runs on.
+        allow_ota_downgrade: Set whether over-the-air offers may downgrade the model.
 
     Returns:
         The config now in force.
@@ -130,6 +139,8 @@ def init_home(home: BoardHome | str | os.PathLike[str], *,
     config = read_config(h)
     if allow_unsigned is not None:
         config = replace(config, allow_unsigned=bool(allow_unsigned))
+    if allow_ota_downgrade is not None:
+        config = replace(config, allow_ota_downgrade=bool(allow_ota_downgrade))
     if board is not None:
         from edgemeta.boards import get_board  # validates the name; imported late (boards reads files)
 

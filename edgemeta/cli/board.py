@@ -55,14 +55,37 @@ def device() -> None:
 @click.option("--poll", default=1.0, show_default=True, help="Inbox poll period in seconds.")
 @click.option("--once", is_flag=True, help="Process the inbox once, report, and exit.")
 @click.option("--duration", type=float, default=None, help="Exit after this many seconds.")
+@click.option("--log-file", default=None, type=click.Path(dir_okay=False),
+              help="Rotating log file [default: HOME/agent.log]; '-' logs to stderr only.")
+@click.option("--log-max-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(1024),
+              help="Rotate the log file at this size.")
+@click.option("--log-backups", default=3, show_default=True, type=click.IntRange(0),
+              help="Rotated log files kept.")
+@click.option("--spool-max-bytes", default=8 * 1024 * 1024, show_default=True,
+              type=click.IntRange(4096),
+              help="Telemetry kept in HOME/spool while the broker is unreachable; oldest dropped.")
 def device_run(home: str, device_id: str, broker: str | None, fleet: str, board: str | None,
-               interval: float, poll: float, once: bool, duration: float | None) -> None:
-    """The device agent: load the current bundle, enroll/classify the inbox, report over MQTT."""
-    from edgemeta.agent import DeviceAgent
+               interval: float, poll: float, once: bool, duration: float | None,
+               log_file: str | None, log_max_bytes: int, log_backups: int,
+               spool_max_bytes: int) -> None:
+    """The device agent: load the current bundle, enroll/classify the inbox, report over MQTT.
 
+    SIGTERM or SIGINT stops it cleanly: the inbox pass in progress finishes, a graceful death is
+    published, queued telemetry stays in HOME/spool for the next start, and it exits with 0.
+    """
+    from pathlib import Path
+
+    from edgemeta.agent import DeviceAgent
+    from edgemeta.agent.agent import configure_logging
+
+    if log_file != "-":
+        configure_logging(log_file or Path(home) / "agent.log", log_max_bytes, log_backups)
     agent = DeviceAgent(home, device_id, broker_url=broker, fleet=fleet, interval_s=interval,
-                        board=board)
+                        board=board, spool_max_bytes=spool_max_bytes)
+    # Both signals only ask the loop to stop: the graceful death and the spool state are
+    # written by run()'s normal exit path, not from inside a signal handler.
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
     click.echo(f"{device_id}: model {agent.classifier.manifest.version} on "
                f"{agent.classifier.backend}, {len(agent.classifier.labels)} classes enrolled")
     try:

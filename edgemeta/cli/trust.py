@@ -74,12 +74,16 @@ def board() -> None:
               help="Public key whose signed bundles this board installs; repeatable.")
 @click.option("--allow-unsigned/--require-signature", default=None,
               help="Accept bundles without a signature (off unless given).")
+@click.option("--allow-ota-downgrade/--refuse-ota-downgrade", default=None,
+              help="Honour downgrades requested over the air (off unless given).")
 @click.option("--board", "profile", default=None,
               help="The board profile this home runs on (see 'edgemeta boards').")
 def board_init(home: str, trust: tuple[str, ...], allow_unsigned: bool | None,
-               profile: str | None) -> None:
+               allow_ota_downgrade: bool | None, profile: str | None) -> None:
     """Create or update a board home's trust settings (keys are added, never removed here)."""
-    config = init_home(home, trust=trust, allow_unsigned=allow_unsigned, board=profile)
+    config = init_home(home, trust=trust, allow_unsigned=allow_unsigned, board=profile,
+                       allow_ota_downgrade=allow_ota_downgrade)
     keys_now = [k.key_id for k in trusted_keys(home)]
     click.echo(f"{home}: board {config.board or 'any'}, trusts {', '.join(keys_now) or 'no keys'}, "
-               f"unsigned bundles {'allowed' if config.allow_unsigned else 'refused'}")
+               f"unsigned bundles {'allowed' if config.allow_unsigned else 'refused'}, "
+               f"over-the-air downgrades {'allowed' if config.allow_ota_downgrade else 'refused'}")

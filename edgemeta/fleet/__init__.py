@@ -4,7 +4,7 @@ Board-side code: imports neither TensorFlow nor amqtt (the embedded broker loads
 See docs/telemetry.md for topics, payloads and the birth/death lifecycle.
 """
 
-from edgemeta.fleet.broker import Broker, free_port, start_broker
+from edgemeta.fleet.broker import Broker, MosquittoSecurity, free_port, start_broker
 from edgemeta.fleet.monitor import DeviceState, FleetMonitor
 from edgemeta.fleet.reporter import DeviceReporter, DeviceStatus
 from edgemeta.fleet.schema import (
@@ -47,6 +47,7 @@ __all__ = [
     "DeviceState",
     "DeviceStatus",
     "FleetMonitor",
+    "MosquittoSecurity",
     "Telemetry",
     "TopicParts",
     "decode",

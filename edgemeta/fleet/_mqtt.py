@@ -1,43 +1,47 @@
-"""paho-mqtt plumbing shared by the reporter and the monitor."""
+"""paho-mqtt plumbing shared by the reporter, the monitor, the OTA sender/board and the agent.
+
+URL parsing lives in :mod:`edgemeta.fleet._broker_url`; this module turns a parsed URL into a
+configured paho client (TLS context, user name and password) and waits for the CONNACK, turning
+TLS and authentication failures into :class:`FleetError` messages that say what to check.
+"""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
 from edgemeta.errors import FleetError
+from edgemeta.fleet._broker_url import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    PASSWORD_ENV,
+    BrokerAddress,
+    parse_broker_url,
+    redact_url,
+)
 
-DEFAULT_PORT = 1883
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
+    "PASSWORD_ENV",
+    "BrokerAddress",
+    "ConnectWaiter",
+    "configure",
+    "connect",
+    "new_client",
+    "parse_broker_url",
+    "tls_context",
+]
 
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """Split ``mqtt://host[:port]`` into host and port.
-
-    Raises:
-        FleetError: For any other scheme, a missing host or a bad port.
-    """
-    if not isinstance(url, str):
-        raise FleetError(f"broker URL must be a string like mqtt://127.0.0.1:1883, got {url!r}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise FleetError(f"bad broker URL {url!r} ({exc}): expected mqtt://host:port") from None
-    if parts.scheme != "mqtt":
-        # mqtts/ws would need TLS/websocket setup this SDK does not do yet; say so plainly.
-        raise FleetError(
-            f"unsupported broker URL {url!r}: expected mqtt://host[:port] (plain MQTT over TCP)"
-        )
-    if not parts.hostname:
-        raise FleetError(f"broker URL {url!r} has no host: expected mqtt://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise FleetError(
-            f"broker URL {url!r} has a path, query or credentials: expected mqtt://host[:port]"
-        )
-    return parts.hostname, port if port is not None else DEFAULT_PORT
+# MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 counterparts 134/135: the broker did not accept who we
+# claimed to be, as opposed to being unavailable.
+_AUTH_REFUSALS = {4, 5, 134, 135}
+# Marks a client whose TLS context is set: paho refuses a second tls_set_context(), and a caller
+# may retry connect() on the same client after a failure.
+_TLS_DONE = "_edgemeta_tls_configured"
 
 
 def new_client(client_id: str) -> mqtt.Client:
@@ -59,16 +63,24 @@ class ConnectWaiter:
     def __init__(self) -> None:
         self.connected = threading.Event()
         self.failure: str | None = None
+        self.refused_code: int | None = None  # CONNACK code of the last refusal
+        self.closed_early = 0  # connections the broker closed before any CONNACK
         self._failed = threading.Event()
 
     def on_connect(self, reason_code: Any) -> bool:
         """Record a CONNACK; returns True when the connection was accepted."""
         if reason_code.is_failure:
             self.failure = f"broker refused the connection: {reason_code}"
+            self.refused_code = int(getattr(reason_code, "value", -1))
             self._failed.set()
             return False
         self.connected.set()
         return True
+
+    def on_disconnect(self) -> None:
+        """Record a connection that ended; only those before the first CONNACK are counted."""
+        if not self.connected.is_set() and not self._failed.is_set():
+            self.closed_early += 1
 
     def wait(self, timeout_s: float) -> bool:
         """Wait (bounded) for a successful CONNACK; False on refusal or timeout."""
@@ -83,30 +95,135 @@ class ConnectWaiter:
         return self.connected.is_set()
 
 
+def tls_context(addr: BrokerAddress, url: str) -> ssl.SSLContext:
+    """A client TLS context for ``addr``: verifies the broker's chain and host name, TLS >= 1.2.
+
+    Raises:
+        FleetError: The CA file is not PEM, or the client certificate/key cannot be loaded.
+    """
+    shown = redact_url(url)
+    try:
+        # create_default_context sets CERT_REQUIRED and check_hostname: there is no switch here
+        # to turn either off, on purpose.
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=addr.ca)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise FleetError(f"cannot load CA file {addr.ca!r} from broker URL {shown} ({exc}): "
+                         "expected a PEM file with the CA certificate that signed the broker's "
+                         "certificate") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if addr.cert is not None:
+        try:
+            # An encrypted key would make OpenSSL prompt on the terminal; an empty password
+            # makes it fail instead, which a headless board needs.
+            ctx.load_cert_chain(addr.cert, addr.key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise FleetError(
+                f"cannot load client certificate {addr.cert!r} / key {addr.key!r} from broker URL "
+                f"{shown} ({exc}): expected PEM files, an unencrypted key that matches the "
+                "certificate (or a cert= file that contains both)") from None
+    return ctx
+
+
+def configure(client: mqtt.Client, addr: BrokerAddress, url: str) -> None:
+    """Apply TLS and credentials to ``client`` before it connects; safe to call again.
+
+    :func:`connect` calls it; code that connects on its own (``connect_async``) calls it first.
+
+    Raises:
+        FleetError: The CA file or the client certificate/key cannot be loaded.
+    """
+    if addr.tls and not getattr(client, _TLS_DONE, False):
+        client.tls_set_context(tls_context(addr, url))
+        setattr(client, _TLS_DONE, True)
+    if addr.username is not None:
+        client.username_pw_set(addr.username, addr.password)
+
+
+_configure = configure  # the name the reporter's connect_async path first used
+
+
+def _socket_error(exc: OSError, addr: BrokerAddress, url: str) -> FleetError:
+    """Turn what ``client.connect`` raised into a message that says what to check."""
+    shown = redact_url(url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trust = f"the CA in {addr.ca}" if addr.ca else "a CA in the system trust store (or ?ca=)"
+        return FleetError(
+            f"TLS certificate verification failed for MQTT broker at {shown}: "
+            f"{exc.verify_message or exc}: expected a broker certificate signed by {trust} that "
+            f"names {addr.host!r} in its subjectAltName; check ?ca= and the host in the URL")
+    # A plain-MQTT port answers a TLS ClientHello by closing the connection.
+    closed = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+    if isinstance(exc, ssl.SSLError) or (addr.tls and isinstance(exc, closed)):
+        return FleetError(
+            f"TLS handshake with MQTT broker at {shown} failed ({exc}): expected a TLS listener "
+            f"on port {addr.port}; if that port speaks plain MQTT use mqtt://, and if the broker "
+            "requires a client certificate give ?cert=&key=")
+    return FleetError(
+        f"cannot reach MQTT broker at {shown} ({exc}): expected a broker listening there "
+        "(edgemeta.fleet.start_broker() starts a local one)")
+
+
+def _refusal(waiter: ConnectWaiter, addr: BrokerAddress, url: str, timeout_s: float) -> str:
+    """Why the first connection did not succeed, with what to check."""
+    if waiter.refused_code in _AUTH_REFUSALS:
+        if addr.username is None:
+            who = "an anonymous client (no user in the URL)"
+        elif addr.password is not None:
+            who = f"user {addr.username!r} with a password"
+        else:
+            who = (f"user {addr.username!r} without a password (neither ?password_file= nor "
+                   f"{PASSWORD_ENV} was set)")
+        return (f"the broker refused {who}: not authorized ({waiter.failure}); expected a "
+                f"user the broker knows (mqtt://USER@HOST) with its password in {PASSWORD_ENV} "
+                "or ?password_file=PATH, allowed by the broker's ACL to use this client's topics")
+    if waiter.failure:
+        return waiter.failure
+    why = f"no CONNACK within {timeout_s:g} s"
+    if waiter.closed_early:
+        why += (f"; the broker closed the connection {waiter.closed_early} time(s) before "
+                "answering")
+        why += (" (does it require a client certificate? give ?cert=&key=)" if addr.tls
+                else " (if that port expects TLS, use mqtts://)")
+    return why
+
+
 def connect(
     client: mqtt.Client, url: str, keepalive_s: int, timeout_s: float, waiter: ConnectWaiter
 ) -> None:
-    """Connect, start paho's network thread and wait for the CONNACK.
+    """Configure TLS/credentials from ``url``, connect, start paho's thread, wait for the CONNACK.
 
     Raises:
-        FleetError: If the broker cannot be reached or refuses within ``timeout_s``; the network
-            thread is stopped again in that case.
+        FleetError: Bad URL or TLS files, an unreachable broker, a failed TLS handshake or
+            certificate check, refused credentials, or no CONNACK within ``timeout_s``; the
+            network thread is stopped again in those cases.
     """
-    host, port = parse_broker_url(url)
+    addr = parse_broker_url(url)
+    configure(client, addr, url)
     client.connect_timeout = timeout_s
     try:
-        client.connect(host, port, keepalive=keepalive_s)
-    except OSError as exc:
-        raise FleetError(
-            f"cannot reach MQTT broker at {url} ({exc}): expected a broker listening there "
-            "(edgemeta.fleet.start_broker() starts a local one)"
-        ) from None
+        client.connect(addr.host, addr.port, keepalive=keepalive_s)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise _socket_error(exc, addr, url) from None
+    # Count connections closed before any CONNACK (a TLS/plain mismatch, a rejected client
+    # certificate) for the error message; the caller's own callback still runs.
+    user_on_disconnect = client.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        waiter.on_disconnect()
+        if user_on_disconnect is not None:
+            user_on_disconnect(*args)
+
+    client.on_disconnect = on_disconnect
     client.loop_start()
-    if not waiter.wait(timeout_s):
+    try:
+        ok = waiter.wait(timeout_s)
+    finally:
+        client.on_disconnect = user_on_disconnect
+    if not ok:
         client.loop_stop()
         try:
             client.disconnect()
         except Exception:  # noqa: BLE001 - best effort cleanup of a half-open connection
             pass
-        why = waiter.failure or f"no CONNACK within {timeout_s:g} s"
-        raise FleetError(f"cannot connect to MQTT broker at {url}: {why}")
+        raise FleetError(f"cannot connect to MQTT broker at {redact_url(url)}: "
+                         f"{_refusal(waiter, addr, url, timeout_s)}")

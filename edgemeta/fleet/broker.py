@@ -1,7 +1,9 @@
 """Start a local MQTT broker: mosquitto as a subprocess, or amqtt embedded in a thread.
 
 Both listen on loopback by default and allow anonymous clients: they are meant for a workstation,
-a demo or tests, not for exposing a fleet to a network.
+a demo or tests, not for exposing a fleet to a network. mosquitto can also be started with a TLS
+listener, a password file and an ACL (:class:`MosquittoSecurity`), which is how the security tests
+run; ``deploy/mosquitto/`` shows the same settings for a real broker.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 from edgemeta._deps import require
 from edgemeta.errors import FleetError
 from edgemeta.fleet._lifecycle import StartStop
+from edgemeta.fleet.broker_security import MosquittoSecurity
 
-__all__ = ["Broker", "MosquittoBroker", "EmbeddedBroker", "free_port", "find_mosquitto",
-           "start_broker"]
+__all__ = ["Broker", "EmbeddedBroker", "MosquittoBroker", "MosquittoSecurity", "find_mosquitto",
+           "free_port", "start_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class Broker(StartStop):
     """
 
     kind: str = ""
+    tls: bool = False  # True when the listener speaks TLS (mosquitto with MosquittoSecurity)
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -77,10 +81,14 @@ class Broker(StartStop):
 
     @property
     def url(self) -> str:
-        """``mqtt://HOST:PORT`` to give to reporters and monitors."""
+        """``mqtt://HOST:PORT`` (``mqtts://`` for TLS) to give to reporters and monitors.
+
+        For TLS and passwords, clients add ``USER@`` and ``?ca=...`` themselves (docs/telemetry.md,
+        "Security"): the broker does not know which CA or user a client should use.
+        """
         # A wildcard bind is reachable on loopback; clients cannot connect to 0.0.0.0 itself.
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -107,8 +115,12 @@ class MosquittoBroker(Broker):
 
     kind = "mosquitto"
 
-    def __init__(self, host: str, port: int, workdir: Path | None = None) -> None:
+    def __init__(self, host: str, port: int, workdir: Path | None = None,
+                 security: MosquittoSecurity | None = None) -> None:
         super().__init__(host, port)
+        # Checked before the temp dir exists, so a bad setting leaves nothing behind.
+        secure = security.config_lines() if security is not None else ["allow_anonymous true"]
+        self.tls = security is not None and security.tls
         exe = find_mosquitto()
         if exe is None:
             raise FleetError(
@@ -124,7 +136,7 @@ class MosquittoBroker(Broker):
         self._stdout_path = self.dir / "stdout.log"
         config = [
             f"listener {port} {host}",
-            "allow_anonymous true",
+            *secure,
             "persistence false",
             f"log_dest file {self.log_path}",
             "log_type error",
@@ -286,6 +298,8 @@ def start_broker(
     host: str = "127.0.0.1",
     port: int | None = None,
     workdir: Path | None = None,
+    *,
+    security: MosquittoSecurity | None = None,
 ) -> Broker:
     """Start a local MQTT broker and wait until it accepts connections.
 
@@ -295,6 +309,8 @@ def start_broker(
         host: Address to listen on; loopback by default.
         port: TCP port; a free one when None.
         workdir: Parent of mosquitto's temp dir (config and log); the system temp dir by default.
+        security: TLS listener, password file and ACL (mosquitto only; ``kind="auto"`` then
+            requires mosquitto). None: plain MQTT, anonymous clients allowed.
 
     Returns:
         The running :class:`Broker`; stop it with ``stop()`` or a ``with`` block.
@@ -309,15 +325,20 @@ def start_broker(
                          "'embedded'")
     if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
         raise FleetError(f"port must be an integer in 1..65535 or None, got {port!r}")
+    if security is not None and not isinstance(security, MosquittoSecurity):
+        raise FleetError(f"security must be a MosquittoSecurity or None, got {security!r}")
     if kind == "auto":
-        kind = "mosquitto" if find_mosquitto() else "embedded"
+        kind = "mosquitto" if find_mosquitto() or security is not None else "embedded"
+    if security is not None and kind != "mosquitto":
+        raise FleetError(f"security settings need kind='mosquitto', got kind={kind!r}: the "
+                         "embedded broker only serves anonymous plain MQTT")
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     last: FleetError | None = None
     for _ in range(attempts):
         p = port if port is not None else free_port(host)
         try:
             if kind == "mosquitto":
-                return MosquittoBroker(host, p, workdir)
+                return MosquittoBroker(host, p, workdir, security)
             return EmbeddedBroker(host, p)
         except FleetError as exc:
             last = exc

@@ -1,23 +1,47 @@
-"""Host side: follow a fleet's birth/telemetry/death messages and keep per-device state."""
+"""Host side: follow a fleet's births, telemetry, replies and deaths; keep per-device state.
+
+The monitor is a Sparkplug-style host application: it announces itself with a retained
+:class:`~edgemeta.fleet.schema.HostState` (its Last Will says ``online: false``), checks every
+device's ``seq`` for gaps, de-duplicates replayed telemetry by ``(boot, n)``, and asks a device
+whose state it cannot trust (gap, no birth seen) to re-publish its birth with a ``rebirth``
+command. The bookkeeping itself lives in :mod:`edgemeta.fleet.tracker`, the alert rules in
+:mod:`edgemeta.fleet.alerts`.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Union, cast
 
 import paho.mqtt.client as mqtt
 
 from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
-from edgemeta.fleet.schema import Birth, Death, Telemetry, decode, parse_topic, topic_filter
-from edgemeta.fleet.view import render_table, watch
 from edgemeta.fleet._lifecycle import StartStop
+from edgemeta.fleet.alerts import Alert, AlertConfig, evaluate, silence_limit
+from edgemeta.fleet.schema import (
+    Birth,
+    Command,
+    Death,
+    HostState,
+    Reply,
+    Telemetry,
+    decode,
+    host_topic,
+    parse_topic,
+    topic,
+    topic_filter,
+    validate_id,
+)
+from edgemeta.fleet.tracker import DeviceState, FleetTracker
+from edgemeta.fleet.view import render_table, watch
 
 __all__ = ["DeviceState", "FleetMonitor", "MAX_ERRORS", "render_table", "watch"]
 
@@ -25,54 +49,16 @@ log = logging.getLogger(__name__)
 
 # Keep the last N malformed messages only: a misbehaving publisher must not grow memory.
 MAX_ERRORS = 100
-# Kinds the monitor tracks; other kinds under the namespace (future cmd/reply/ota) are ignored.
-_TRACKED = ("birth", "telemetry", "death")
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """What the monitor knows about one device.
-
-    ``last_seen`` is the monitor's clock (unix seconds) at the last birth or telemetry received,
-    not the device's own timestamp, so board clock skew does not matter. ``death_reason`` is the
-    reason of a death that belongs to the current session, else None (also None when the device
-    is offline only because it went silent).
-    """
-
-    fleet: str
-    device_id: str
-    state: str
-    last_seen: float | None
-    model_version: str | None
-    model_sha256: str | None
-    backend: str | None
-    board: str | None
-    labels: tuple[str, ...]
-    n_classes: int
-    inference_count: int | None
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    accuracy: float | None
-    evaluated: int | None
-    rss_bytes: int | None
-    uptime_s: float | None
-    last_seq: int | None
-    death_reason: str | None
-    session: int | None = None
-
-
-@dataclass
-class _Device:
-    """Mutable per-device bookkeeping; only touched under the monitor's lock."""
-
-    fleet: str
-    device_id: str
-    alive_session: int | None = None  # newest session seen alive (birth or telemetry)
-    death_session: int | None = None
-    death_reason: str | None = None
-    last_seen: float | None = None
-    birth: Birth | None = None
-    telemetry: Telemetry | None = None
+# Kinds the monitor tracks; cmd (its own and other hosts' commands) is ignored before decoding,
+# so a 1 MiB enroll command costs a topic split, not a JSON parse.
+_TRACKED = frozenset(("birth", "telemetry", "death", "reply"))
+# Births and deaths are retained and rare: every monitor of a share group subscribes to them
+# directly (shared subscriptions get no retained messages in MQTT 5), so each one knows every
+# device. The frequent kinds are split across the group.
+_SHARED_KINDS = ("telemetry", "reply")
+_DIRECT_KINDS = ("birth", "death")
+_WAIT_PUBACK_S = 5.0
+_Tracked = Union[Birth, Telemetry, Death, Reply]
 
 
 class FleetMonitor(StartStop):
@@ -81,13 +67,27 @@ class FleetMonitor(StartStop):
     Args:
         broker_url: ``mqtt://host[:port]``.
         fleet_pattern: A fleet id, or ``+`` for all fleets.
-        offline_after_s: A device silent for longer than this shows offline.
+        offline_after_s: Silence limit for a device whose telemetry cadence is unknown.
         clock: Time source in unix seconds; injectable for tests.
         connect_timeout_s: How long :meth:`start` waits for the broker.
+        alert_config: Alert thresholds (``offline_after_s`` above overrides its field).
+        host_id: Id of this monitor in its retained host state (``edgemeta/v1/_host/<id>``); a
+            random ``monitor-<hex>`` by default. A stable id keeps one retained state per host.
+        share_group: Join this MQTT shared-subscription group for telemetry and replies, so
+            several monitors split the load. Uses MQTT 5. Gap detection is off in this mode
+            unless ``detect_gaps`` says otherwise (each monitor sees only part of a sequence).
+        detect_gaps: Check sequence numbers; default True, or False with ``share_group``.
+        request_rebirth: Publish ``rebirth`` commands on gaps and unknown sessions.
+        rebirth_interval_s: At most one rebirth request per device per this many seconds.
+        publish: Replaces the MQTT publish of commands ``(topic, payload) -> None``; for tests.
+        mqtt5: Speak MQTT 5 (default: only with ``share_group``). With MQTT 5 the broker may
+            keep up to 65,535 QoS 1 messages in flight to the monitor, so a burst of a whole
+            fleet's telemetry is not dropped by mosquitto's per-client queue (20 in flight +
+            1,000 queued for an MQTT 3.1.1 client). The embedded amqtt broker refuses MQTT 5.
 
     Raises:
-        FleetError: On a bad URL or ``offline_after_s``.
-        MessageError: On a bad ``fleet_pattern``.
+        FleetError: On a bad URL or threshold.
+        MessageError: On a bad ``fleet_pattern``, ``host_id`` or ``share_group``.
     """
 
     def __init__(
@@ -98,37 +98,85 @@ class FleetMonitor(StartStop):
         *,
         clock: Callable[[], float] = time.time,
         connect_timeout_s: float = 10.0,
+        alert_config: AlertConfig | None = None,
+        host_id: str | None = None,
+        share_group: str | None = None,
+        detect_gaps: bool | None = None,
+        request_rebirth: bool = True,
+        rebirth_interval_s: float = 10.0,
+        publish: Callable[[str, bytes], None] | None = None,
+        mqtt5: bool | None = None,
     ) -> None:
         _mqtt.parse_broker_url(broker_url)
-        if not isinstance(offline_after_s, (int, float)) or not offline_after_s > 0:
+        if (isinstance(offline_after_s, bool) or not isinstance(offline_after_s, (int, float))
+                or not offline_after_s > 0):
             raise FleetError(f"offline_after_s must be a positive number, got {offline_after_s!r}")
+        base = alert_config or AlertConfig()
+        self.alert_config = AlertConfig(**{**asdict(base), "offline_after_s": offline_after_s})
         self._url = broker_url
+        self._fleet_pattern = fleet_pattern
         self._filter = topic_filter(fleet=fleet_pattern)
-        self._offline_after_s = float(offline_after_s)
+        self.host_id = validate_id(host_id, "host id") if host_id is not None \
+            else f"monitor-{secrets.token_hex(4)}"
+        self.share_group = validate_id(share_group, "share group") \
+            if share_group is not None else None
         self._clock = clock
         self._connect_timeout_s = float(connect_timeout_s)
-        self._devices: dict[tuple[str, str], _Device] = {}
+        self._tracker = FleetTracker(
+            detect_gaps=(share_group is None) if detect_gaps is None else bool(detect_gaps),
+            rebirth_interval_s=float(rebirth_interval_s),
+        )
+        self._request_rebirth = request_rebirth
+        self.mqtt5 = share_group is not None if mqtt5 is None else bool(mqtt5)
         self._errors: deque[tuple[str, str]] = deque(maxlen=MAX_ERRORS)
-        self._error_count = 0
-        self._message_count = 0
+        self._cmd_ids = itertools.count(1)
         # A Condition lets wait_until() wake on each message instead of sleeping blindly.
         self._cond = threading.Condition()
         self._waiter = _mqtt.ConnectWaiter()
         self._subscribed = threading.Event()
         self._started = False
+        self._client = self._new_client()
+        self._publish = publish if publish is not None else self._mqtt_publish
+
+    def _new_client(self) -> mqtt.Client:
         # Random suffix: two monitors on one broker must not kick each other off.
-        self._client = _mqtt.new_client(f"edgemeta-monitor-{secrets.token_hex(4)}")
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
+        client_id = f"edgemeta-{self.host_id}-{secrets.token_hex(3)}"
+        if not self.mqtt5:
+            client = _mqtt.new_client(client_id)
+        else:
+            # Shared subscriptions are an MQTT 5 feature (mosquitto also grants them to 3.1.1
+            # clients, other brokers may not); amqtt, which knows no MQTT 5, has none anyway.
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=mqtt.MQTTv5)
+            client.reconnect_delay_set(min_delay=1, max_delay=30)
+        offline = HostState(self.host_id, online=False, ts=None)
+        client.will_set(host_topic(self.host_id), offline.to_payload(), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    @property
+    def detect_gaps(self) -> bool:
+        """Whether sequence gaps are checked (False in a share group unless forced)."""
+        return self._tracker.detect_gaps
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters this monitor subscribes to."""
+        if self.share_group is None:
+            return [self._filter]
+        shared = [f"$share/{self.share_group}/{topic_filter(self._fleet_pattern, '+', k)}"
+                  for k in _SHARED_KINDS]
+        return [topic_filter(self._fleet_pattern, "+", k) for k in _DIRECT_KINDS] + shared
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect and subscribe; retained births/deaths arrive right after.
+        """Connect, announce the host state and subscribe; retained births/deaths arrive next.
 
         Raises:
-            FleetError: If the broker cannot be reached within the connect timeout.
+            FleetError: If the broker cannot be reached or does not grant the subscriptions
+                within the connect timeout.
         """
         if self._started:
             return
@@ -137,92 +185,93 @@ class FleetMonitor(StartStop):
         if not self._subscribed.wait(self._connect_timeout_s):
             self._client.disconnect()
             self._client.loop_stop()
-            raise FleetError(f"MQTT broker at {self._url} did not acknowledge the subscription to "
-                             f"{self._filter} within {self._connect_timeout_s:g} s")
+            raise FleetError(f"MQTT broker at {self._url} did not acknowledge the subscriptions "
+                             f"{self.subscriptions()} within {self._connect_timeout_s:g} s")
         self._started = True
 
     def stop(self) -> None:
-        """Disconnect and stop the network thread. Safe to call twice."""
+        """Publish ``online: false``, disconnect and stop the network thread. Safe to call twice."""
         if not self._started:
             return
         self._started = False
+        if self._client.is_connected():
+            state = HostState(self.host_id, online=False, ts=time.time())
+            info = self._client.publish(host_topic(self.host_id), state.to_payload(), qos=1,
+                                        retain=True)
+            try:
+                info.wait_for_publish(_WAIT_PUBACK_S)
+            except (RuntimeError, ValueError):
+                log.warning("host state offline of %s not acknowledged", self.host_id)
         self._client.disconnect()
         self._client.loop_stop()
 
     # --- message handling -----------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic_name: str, payload: bytes, retained: bool = False) -> None:
         """Apply one MQTT message to the device table; never raises on bad input.
 
         This is what the MQTT callback calls; tests call it directly without a broker. A malformed
-        message is counted, kept in :attr:`errors` and logged as a warning.
+        message is counted, kept in :attr:`errors` and logged as a warning. ``retained`` is the
+        MQTT retain flag: a retained birth does not start a sequence the monitor can check.
         """
+        rebirth: tuple[str, str, str] | None = None
+        error: str | None = None
         try:
-            self._apply(topic, payload)
+            parts = parse_topic(topic_name)
+            if parts.kind in _TRACKED:
+                msg = cast(_Tracked, decode(parts.kind, payload))
+                if (msg.fleet, msg.device_id) != (parts.fleet, parts.device_id):
+                    raise MessageError(
+                        f"{parts.kind} payload names {msg.fleet}/{msg.device_id} but was "
+                        f"published on {topic_name}: expected the payload's fleet and device_id "
+                        "to match the topic"
+                    )
+                now = self._clock()
+                with self._cond:
+                    why = self._tracker.apply(msg, now, retained)
+                if why is not None and self._request_rebirth:
+                    rebirth = (parts.fleet, parts.device_id, why)
         except MessageError as exc:
-            self._record_error(topic, str(exc))
+            error = str(exc)
         except Exception as exc:  # noqa: BLE001 - the monitor must survive anything on the wire
-            log.exception("unexpected error handling %s", topic)
-            self._record_error(topic, f"internal error: {exc!r}")
+            log.exception("unexpected error handling %s", topic_name)
+            error = f"internal error: {exc!r}"
         with self._cond:
-            self._message_count += 1
+            self._tracker.stats["messages"] += 1
+            if error is not None:
+                self._tracker.stats["errors"] += 1
+                self._errors.append((str(topic_name), error))
             self._cond.notify_all()
+        if error is not None:
+            log.warning("ignoring malformed message on %r: %s", topic_name, error)
+        if rebirth is not None:
+            self._send_rebirth(*rebirth)
 
-    def _apply(self, topic: str, payload: bytes) -> None:
-        parts = parse_topic(topic)
-        if parts.kind not in _TRACKED:
-            return
-        msg = decode(parts.kind, payload)
-        if (msg.fleet, msg.device_id) != (parts.fleet, parts.device_id):
-            raise MessageError(
-                f"{parts.kind} payload names {msg.fleet}/{msg.device_id} but was published on "
-                f"{topic}: expected the payload's fleet and device_id to match the topic"
-            )
-        now = self._clock()
-        with self._cond:
-            dev = self._devices.get((parts.fleet, parts.device_id))
-            if dev is None:
-                dev = self._devices[(parts.fleet, parts.device_id)] = _Device(
-                    parts.fleet, parts.device_id
-                )
-            if isinstance(msg, Death):
-                self._apply_death(dev, msg)
-            else:
-                self._apply_alive(dev, msg, now)
+    def _send_rebirth(self, fleet: str, device: str, why: str) -> None:
+        cmd = Command(id=f"rebirth-{self.host_id}-{next(self._cmd_ids)}"[:64], command="rebirth",
+                      args={"reason": why}, ts=time.time(), host_id=self.host_id)
+        log.info("asking %s/%s to re-publish its birth: %s", fleet, device, why)
+        try:
+            self._publish(topic(fleet, device, "cmd"), cmd.to_payload())
+        except Exception:  # noqa: BLE001 - a failed request is retried on the next gap
+            log.warning("rebirth request to %s/%s not sent", fleet, device, exc_info=True)
 
-    @staticmethod
-    def _apply_death(dev: _Device, msg: Death) -> None:
-        # Deaths from older sessions than one already known are stale (typically the retained
-        # Last Will of the previous process) and must not mark a re-born device offline.
-        if dev.death_session is not None and msg.session < dev.death_session:
-            return
-        dev.death_session = msg.session
-        dev.death_reason = msg.reason
-
-    @staticmethod
-    def _apply_alive(dev: _Device, msg: Birth | Telemetry, now: float) -> None:
-        if dev.alive_session is not None and msg.session < dev.alive_session:
-            return  # a late message of a previous process
-        if dev.alive_session is not None and msg.session > dev.alive_session:
-            dev.telemetry = None  # metrics of the previous process no longer apply
-        dev.alive_session = msg.session
-        dev.last_seen = now
-        if isinstance(msg, Birth):
-            dev.birth = msg
-        elif dev.telemetry is None or msg.seq >= dev.telemetry.seq:
-            dev.telemetry = msg  # QoS 1 may redeliver an older seq; keep the newest
-
-    def _record_error(self, topic: str, message: str) -> None:
-        log.warning("ignoring malformed message on %r: %s", topic, message)
-        with self._cond:
-            self._error_count += 1
-            self._errors.append((str(topic), message))
+    def _mqtt_publish(self, topic_name: str, payload: bytes) -> None:
+        # Not waited for: this runs on paho's network thread, which must read the PUBACK itself.
+        self._client.publish(topic_name, payload, qos=1)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
         if not reason_code.is_failure:
+            if self._subscribed.is_set():
+                # A reconnect: whatever was published meanwhile never reached this monitor, which
+                # is not a device's gap.
+                with self._cond:
+                    self._tracker.resync()
+            online = HostState(self.host_id, online=True, ts=time.time())
+            client.publish(host_topic(self.host_id), online.to_payload(), qos=1, retain=True)
             # (Re)subscribe on every connect: clean sessions forget subscriptions.
-            client.subscribe(self._filter, qos=1)
+            client.subscribe([(s, 1) for s in self.subscriptions()])
         self._waiter.on_connect(reason_code)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
@@ -230,10 +279,11 @@ class FleetMonitor(StartStop):
         if reason_codes and not any(rc.is_failure for rc in reason_codes):
             self._subscribed.set()
         else:
-            log.error("broker refused the subscription to %s: %s", self._filter, reason_codes)
+            log.error("broker refused the subscriptions %s: %s", self.subscriptions(),
+                      reason_codes)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.handle(message.topic, message.payload)
+        self.handle(message.topic, message.payload, bool(message.retain))
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -247,55 +297,37 @@ class FleetMonitor(StartStop):
     def error_count(self) -> int:
         """How many malformed messages were seen in total."""
         with self._cond:
-            return self._error_count
+            return self._tracker.stats["errors"]
 
     @property
     def message_count(self) -> int:
         """How many messages were handled (good and bad)."""
         with self._cond:
-            return self._message_count
+            return self._tracker.stats["messages"]
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction.
+
+        Keys: ``messages`` (all handled), ``telemetry`` (received), ``telemetry_unique`` (distinct
+        ``(boot, n)``), ``duplicates``, ``unverifiable`` (too old for the replay window),
+        ``gaps`` (gap events), ``missed`` (sequence numbers skipped), ``late`` (messages of an
+        older connection), ``errors``, ``rebirths_requested``, ``rebirths_suppressed`` (by the
+        per-device rate limit) and ``devices``.
+        """
+        with self._cond:
+            return self._tracker.stats_dict()
 
     def snapshot(self) -> list[DeviceState]:
         """Current state of every device, sorted by fleet then device id."""
         now = self._clock()
+        cfg = self.alert_config
         with self._cond:
-            devices = sorted(self._devices.values(), key=lambda d: (d.fleet, d.device_id))
-            return [self._state_of(d, now) for d in devices]
+            return self._tracker.states(now, lambda interval: silence_limit(cfg, interval))
 
-    def _state_of(self, dev: _Device, now: float) -> DeviceState:
-        alive = dev.alive_session
-        dead = dev.death_session
-        # A death of the same session as the newest birth/telemetry wins: the device said goodbye
-        # (or the broker did for it) after its birth.
-        killed = dead is not None and (alive is None or dead >= alive)
-        silent = dev.last_seen is None or now - dev.last_seen > self._offline_after_s
-        online = alive is not None and not killed and not silent
-        b, t = dev.birth, dev.telemetry
-        # Telemetry is newer than the birth when both exist (model may have been swapped).
-        src_model = t if t is not None else b
-        labels = tuple(src_model.labels) if src_model is not None else ()
-        return DeviceState(
-            fleet=dev.fleet,
-            device_id=dev.device_id,
-            state="online" if online else "offline",
-            last_seen=dev.last_seen,
-            model_version=src_model.model_version if src_model else None,
-            model_sha256=src_model.model_sha256 if src_model else None,
-            backend=b.backend if b else None,
-            board=b.board if b else None,
-            labels=labels,
-            n_classes=t.n_classes if t else len(labels),
-            inference_count=t.inference_count if t else None,
-            latency_p50_ms=t.latency_p50_ms if t else None,
-            latency_p95_ms=t.latency_p95_ms if t else None,
-            accuracy=t.accuracy if t else None,
-            evaluated=t.evaluated if t else None,
-            rss_bytes=t.rss_bytes if t else None,
-            uptime_s=t.uptime_s if t else None,
-            last_seq=t.seq if t else None,
-            death_reason=dev.death_reason if killed else None,
-            session=max((s for s in (alive, dead) if s is not None), default=None),
-        )
+    def alerts(self, states: list[DeviceState] | None = None) -> list[Alert]:
+        """Alerts over ``states`` (a fresh snapshot by default); see :mod:`edgemeta.fleet.alerts`."""
+        return evaluate(self.snapshot() if states is None else states, self._clock(),
+                        self.alert_config)
 
     def device(self, device_id: str, fleet: str | None = None) -> DeviceState | None:
         """State of one device (first match over fleets when ``fleet`` is None), or None."""
@@ -326,15 +358,16 @@ class FleetMonitor(StartStop):
                 self._cond.wait(min(0.1, remaining))
 
     def status_dict(self) -> dict[str, Any]:
-        """JSON-serialisable status: devices, error count and the recent errors."""
+        """JSON-serialisable status: devices, alerts, counters and the recent errors."""
+        states = self.snapshot()
         devices = []
-        for st in self.snapshot():
+        for st in states:
             d = asdict(st)
             d["labels"] = list(st.labels)
             devices.append(d)
+        alerts = [asdict(a) for a in self.alerts(states)]
         with self._cond:
             recent = [{"topic": t, "error": e} for t, e in self._errors]
-            count = self._error_count
-        return {"devices": devices, "errors": count, "recent_errors": recent[-10:]}
-
-
+            stats = self._tracker.stats_dict()
+        return {"host_id": self.host_id, "devices": devices, "alerts": alerts, "stats": stats,
+                "errors": stats["errors"], "recent_errors": recent[-10:]}

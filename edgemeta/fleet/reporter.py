@@ -1,10 +1,19 @@
-"""Board side: publish birth, periodic telemetry and death of one device over MQTT."""
+"""Board side: publish birth, telemetry, replies and death of one device over MQTT.
+
+Nothing is lost while the broker is away: telemetry (and command replies) go to a bounded queue,
+on disk in the board home (:class:`~edgemeta.fleet.spool.Spool`) or in memory, and are replayed in
+order after the reconnect's birth, each acknowledged only after the broker's PUBACK. The
+Sparkplug-style sequence numbers (``bd_seq`` per connection, ``seq`` per message) and the queue
+are described in docs/telemetry.md ("Nothing lost").
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,19 +24,26 @@ import psutil
 from edgemeta import __version__
 from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
-from edgemeta.fleet.schema import Birth, Death, Telemetry, topic, validate_id
 from edgemeta.fleet._lifecycle import StartStop
+from edgemeta.fleet._reporter_commands import CommandHandler, CommandWorker
+from edgemeta.fleet._reporter_outbox import Outbox, decode_record, encode_record
+from edgemeta.fleet.schema import (
+    HOST_ROOT, Birth, Command, Death, Reply, Telemetry, decode_host_state, topic, validate_id,
+)
+from edgemeta.fleet.spool import DEFAULT_MAX_BYTES, MemoryQueue, Spool
 
-__all__ = ["DeviceStatus", "DeviceReporter"]
+__all__ = ["DeviceStatus", "DeviceReporter", "MAX_LABELS_SENT"]
 
 log = logging.getLogger(__name__)
 
-# Bound paho's outgoing queue: telemetry keeps being produced while the broker is away, and a board
-# has little memory. Older messages are still delivered on reconnect; newer ones are dropped.
-_MAX_QUEUED = 100
 # Payloads are capped at 64 KiB; a board with thousands of classes must still report. The first
 # MAX_LABELS_SENT labels are sent; n_classes stays exact.
 MAX_LABELS_SENT = 256
+# Spooled records sent per replay step before waiting for their PUBACKs: enough to keep the link
+# busy, few enough that a disconnect mid-step re-sends little.
+REPLAY_BATCH = 32
+# A replay step whose PUBACKs do not all arrive in this time is sent again (de-duplicated).
+_REPLAY_ACK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,15 +76,15 @@ class DeviceStatus:
 
 
 class DeviceReporter(StartStop):
-    """Publishes one device's birth, telemetry every ``interval_s`` and death.
+    """Publishes one device's birth, telemetry every ``interval_s``, replies and death.
 
-    The Last Will (``Death(reason="lost")``, retained, QoS 1) is registered at connect time, so the
-    broker announces the device as lost if the process dies or the network drops. A retained
-    birth is published on every (re)connect. All messages carry ``session``, so the monitor can
-    tell a stale death of an earlier process from the current one.
+    The Last Will (``Death(reason="lost")``, retained, QoS 1, with this connection's ``bd_seq``)
+    is registered before every connect. Every (re)connect publishes a retained birth (``seq`` 0),
+    then replays what was queued while disconnected, then goes live. The reporter also answers
+    commands on ``.../<device>/cmd`` and follows the monitors' retained host state.
 
     Args:
-        broker_url: ``mqtt://host[:port]`` (port defaults to 1883).
+        broker_url: Broker URL (``mqtt://host[:port]``, or ``mqtts://...``, see docs).
         device_id: Device id, 1-64 characters ``[A-Za-z0-9_.-]``.
         fleet: Fleet id, same alphabet.
         interval_s: Seconds between telemetry messages (> 0).
@@ -78,9 +94,18 @@ class DeviceReporter(StartStop):
         backend: Interpreter backend name for the birth message.
         keepalive_s: MQTT keepalive; the broker declares the device lost after ~1.5x this silence.
         connect_timeout_s: How long :meth:`start` waits for the broker.
+        spool: Directory of the on-disk queue (e.g. ``HOME/spool``); None keeps the queue in
+            memory (same bound and drop counting, lost when the process ends).
+        spool_max_bytes: Bound on the queued records in bytes; the oldest are dropped first.
+        spool_max_records: Optional bound on the number of queued records.
+        spool_fsync: fsync every spooled record (off only for tests/benchmarks).
+        command_handler: Carries out commands other than ``rebirth`` and ``report``: called with
+            the :class:`Command` on a worker thread, returns ``(ok, result, error)``. None answers
+            every such command with ``ok: false``.
 
     Raises:
-        FleetError: On a bad broker URL or bad interval/keepalive.
+        FleetError: On a bad broker URL, bad interval/keepalive/bounds, or a spool directory
+            that cannot be used (e.g. held by another process).
         MessageError: On an invalid device or fleet id.
     """
 
@@ -96,9 +121,15 @@ class DeviceReporter(StartStop):
         *,
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
+        spool: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        spool_max_records: int | None = None,
+        spool_fsync: bool = True,
+        command_handler: CommandHandler | None = None,
     ) -> None:
         self._url = broker_url
-        _mqtt.parse_broker_url(broker_url)  # fail at construction, not in a thread later
+        self._addr = _mqtt.parse_broker_url(broker_url)  # fail at construction, not in a thread
+        self._shown_url = _mqtt.redact_url(broker_url)
         self._device_id = validate_id(device_id, "device id")
         self._fleet = validate_id(fleet, "fleet")
         if not isinstance(interval_s, (int, float)) or not interval_s > 0:
@@ -111,6 +142,7 @@ class DeviceReporter(StartStop):
         self._status = status if status is not None else DeviceStatus
         self._board = board
         self._backend = backend
+        self._handler = command_handler
         # Milliseconds since the epoch: a restarted process always gets a larger session. Each
         # reconnect takes a larger one too (see _on_disconnect).
         self._session = int(time.time() * 1000)
@@ -118,13 +150,20 @@ class DeviceReporter(StartStop):
         self._n = 0
         self._bd_seq = 0  # Sparkplug bdSeq: +1 per connection, shared by birth and Last Will
         self._seq = 0  # Sparkplug seq: 0 in the birth, then +1 per message, wrapping at 256
-        # _lock orders seq on the wire and is held across client.publish(); _session_lock guards
-        # only the session and is never held while calling into paho, so paho's thread (which
-        # takes it in _on_disconnect) cannot deadlock against a publisher holding _lock.
+        # _lock orders everything on the wire (seq, online flag, queue, client.publish) and is
+        # taken by paho's thread in on_connect/on_disconnect/on_message, never in on_publish
+        # (which paho calls holding its own message lock). _session_lock guards session and
+        # bd_seq so the `session` property can be read while _lock is held.
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
+        self._online = False  # a birth was published on the current connection
+        self._conn_gen = 0  # +1 per connect and per disconnect: tells a replay its link is gone
+        self._unacked_live: deque[tuple[mqtt.MQTTMessageInfo, bytes]] = deque()
+        self._dropped = 0  # telemetry of this boot dropped from the full queue
+        self._hosts: dict[str, bool] = {}
         self._stop_event = threading.Event()
-        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._state = "new"  # new -> started -> stopped; one-shot on purpose
         self._t0 = time.monotonic()
         self._process = psutil.Process()
@@ -132,11 +171,19 @@ class DeviceReporter(StartStop):
         self._waiter = _mqtt.ConnectWaiter()
         self._birth_info: mqtt.MQTTMessageInfo | None = None
 
+        queue: Spool | MemoryQueue = (
+            Spool(spool, spool_max_bytes, spool_max_records, fsync=spool_fsync)
+            if spool is not None else MemoryQueue(spool_max_bytes, spool_max_records))
+        self._outbox = Outbox(queue, self._boot)
+        self._commands = CommandWorker(self._dispatch, self._send_reply,
+                                       name=f"edgemeta-cmd-{self._device_id}")
         self._client = _mqtt.new_client(f"edgemeta-{self._fleet}-{self._device_id}")
-        self._client.max_queued_messages_set(_MAX_QUEUED)
+        # No limit inside paho: while disconnected nothing is handed to paho (the queue holds it).
+        self._client.max_queued_messages_set(0)
         self._set_will()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -145,6 +192,17 @@ class DeviceReporter(StartStop):
         """Birth/death session id of the current connection (grows on every reconnect)."""
         with self._session_lock:
             return self._session
+
+    @property
+    def bd_seq(self) -> int:
+        """``bd_seq`` of the current (or next) connection."""
+        with self._session_lock:
+            return self._bd_seq
+
+    @property
+    def boot(self) -> int:
+        """Milliseconds since the epoch when this reporter was made; ``(boot, n)`` is unique."""
+        return self._boot
 
     @property
     def device_id(self) -> str:
@@ -158,92 +216,155 @@ class DeviceReporter(StartStop):
 
     @property
     def connected(self) -> bool:
-        """True while connected to the broker."""
-        return self._client.is_connected()
+        """True while connected to the broker with a birth published."""
+        return self._online and self._client.is_connected()
 
-    def start(self) -> None:
-        """Connect, publish the birth and start the telemetry timer.
+    @property
+    def dropped(self) -> int:
+        """Telemetry messages of this boot dropped from the full queue (exact)."""
+        return self._dropped
 
-        Returns once the broker has acknowledged the birth (or ``connect_timeout_s`` passed).
+    @property
+    def queued(self) -> int:
+        """Records waiting in the queue or in flight from it."""
+        with self._lock:
+            return len(self._outbox.queue)
+
+    @property
+    def monitor_online(self) -> bool:
+        """True if some monitor's retained host state says it is listening."""
+        with self._lock:
+            return any(self._hosts.values())
+
+    def start(self, wait: bool = True) -> None:
+        """Connect, publish the birth and start the telemetry, replay and command threads.
+
+        Args:
+            wait: True: return once the broker acknowledged the birth, raise if it cannot be
+                reached. False: return at once and keep trying in the background; telemetry is
+                queued until the first connection (what a board service wants).
 
         Raises:
-            FleetError: If the broker cannot be reached within ``connect_timeout_s``, or the
-                reporter was already started.
+            FleetError: With ``wait``, if the broker cannot be reached within
+                ``connect_timeout_s``; or if the reporter was already started.
         """
         if self._state != "new":
             raise FleetError(f"reporter is {self._state}: expected a new reporter (create another)")
-        _mqtt.connect(
-            self._client, self._url, self._keepalive_s, self._connect_timeout_s, self._waiter
-        )
+        if wait:
+            _mqtt.connect(self._client, self._url, self._keepalive_s, self._connect_timeout_s,
+                          self._waiter)
+        else:
+            _mqtt._configure(self._client, self._addr, self._url)
+            self._client.connect_async(self._addr.host, self._addr.port, self._keepalive_s)
+            self._client.loop_start()  # paho retries the first connection too
         self._state = "started"
         self._t0 = time.monotonic()
         info = self._birth_info
-        if info is not None:
+        if wait and info is not None:
             self._wait(info, self._connect_timeout_s, "birth")
-        self._timer = threading.Thread(
-            target=self._run_timer, name=f"edgemeta-telemetry-{self._device_id}", daemon=True
-        )
-        self._timer.start()
+        self._commands.start()
+        for target, name in ((self._run_timer, "telemetry"), (self._run_sender, "replay")):
+            t = threading.Thread(target=target, name=f"edgemeta-{name}-{self._device_id}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def publish_now(self, timeout_s: float = 5.0) -> Telemetry:
         """Publish one telemetry message now and wait for the broker's PUBACK.
-
-        Args:
-            timeout_s: Longest wait for the PUBACK.
 
         Returns:
             The message sent.
 
         Raises:
-            FleetError: If the reporter is not started, or not connected, or no PUBACK arrived in
-                time (the message stays queued and is sent after a reconnect).
+            FleetError: If the reporter is not started, or the message was queued instead (not
+                connected, or older queued messages go first), or no PUBACK arrived in time (it
+                is then queued again after a reconnect).
         """
         if self._state != "started":
             raise FleetError(f"reporter is {self._state}: call start() before publish_now()")
-        msg, info = self._publish_telemetry()
+        msg, info = self._emit_telemetry()
+        if info is None:
+            raise FleetError(f"telemetry n={msg.n} of {self._device_id} queued, not sent: the "
+                             "broker is unreachable or older queued messages go first")
         self._wait(info, timeout_s, f"telemetry seq {msg.seq}", strict=True)
         return msg
 
+    def report(self) -> Telemetry:
+        """Compose one telemetry message now and send it, or queue it when it cannot go yet.
+
+        Never waits and never raises for connectivity: what the agent calls after new results.
+
+        Raises:
+            FleetError: If the reporter is not started.
+            MessageError: If the status has invalid values (nothing is sent or queued).
+        """
+        if self._state != "started":
+            raise FleetError(f"reporter is {self._state}: call start() before report()")
+        return self._emit_telemetry()[0]
+
     def publish_birth(self, timeout_s: float = 5.0) -> Birth:
-        """Publish the birth again, e.g. after the agent swapped its model.
+        """Publish the birth again (``seq`` restarts at 0), e.g. after a model swap.
 
         Raises:
             FleetError: If not started, not connected, or no PUBACK arrived in time.
         """
         if self._state != "started":
             raise FleetError(f"reporter is {self._state}: call start() before publish_birth()")
-        msg = self._birth()
-        info = self._client.publish(self._topic("birth"), msg.to_payload(), qos=1, retain=True)
+        st = self._current_status()
+        with self._lock:
+            if not self._online:
+                raise FleetError(f"{self._device_id} is not connected to {self._shown_url}: the "
+                                 "next connection publishes a birth anyway")
+            msg, info = self._publish_birth_locked(st)
         self._wait(info, timeout_s, "birth", strict=True)
         return msg
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish a graceful death, disconnect and join the threads. Safe to call twice.
 
+        Records still queued stay in the on-disk spool for the next start (an in-memory queue
+        loses them; their number is logged).
+
         Args:
-            timeout_s: Longest wait for the timer thread and for the death's PUBACK.
+            timeout_s: Longest wait for each thread and for the death's PUBACK.
         """
         if self._state != "started":
             self._state = "stopped"
+            self._outbox.close()
             return
-        self._state = "stopped"
         self._stop_event.set()
-        if self._timer is not None:
-            self._timer.join(timeout_s)
-        if self._client.is_connected():
-            with self._lock:
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        self._commands.stop(timeout_s)
+        with self._lock:
+            self._state = "stopped"  # from here on, a disconnect is our own
+            info = None
+            if self._online and self._client.is_connected():
                 death = Death(self._device_id, self._fleet, self.session, time.time(), "graceful",
-                              bd_seq=self._bd_seq, seq=self._next_seq())
-            info = self._client.publish(self._topic("death"), death.to_payload(), qos=1, retain=True)
+                              bd_seq=self.bd_seq, seq=self._next_seq())
+                info = self._client.publish(self._topic("death"), death.to_payload(), qos=1,
+                                            retain=True)
+        if info is not None:
             self._wait(info, timeout_s, "graceful death")
         else:
             log.warning("reporter %s stopping while disconnected: no graceful death sent; "
                         "the broker's Last Will reports it as lost", self._device_id)
+        with self._lock:
+            self._online = False
+            # PUBACKs come in order: what is unacknowledged now was not delivered; keep it.
+            self._dropped += self._outbox.requeue_unacked(self._unacked_live)
+            left = len(self._outbox.queue)
         # A clean DISCONNECT makes the broker discard the Last Will, so "lost" is not sent too.
         self._client.disconnect()
         self._client.loop_stop()
+        self._outbox.close()
+        if left:
+            where = "kept in the spool" if self._outbox.on_disk else "lost (in-memory queue)"
+            log.warning("reporter %s stopped with %d queued messages: %s", self._device_id,
+                        left, where)
 
-    # --- internals ------------------------------------------------------------------------------
+    # --- composing and sending ------------------------------------------------------------------
 
     def _topic(self, kind: str) -> str:
         return topic(self._fleet, self._device_id, kind)
@@ -274,38 +395,88 @@ class DeviceReporter(StartStop):
         self._seq = (self._seq + 1) % 256
         return self._seq
 
-    def _birth(self) -> Birth:
-        st = self._current_status()
-        with self._lock:
-            self._seq = 0  # a birth restarts the sequence
-            with self._session_lock:
-                bd_seq = self._bd_seq
-            return Birth(
-                device_id=self._device_id, fleet=self._fleet, session=self.session,
-                ts=time.time(), model_version=st.model_version, model_sha256=st.model_sha256,
-                backend=self._backend, board=self._board,
-                labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
-                bd_seq=bd_seq, seq=0,
-            )
+    def _publish_birth_locked(self, st: DeviceStatus) -> tuple[Birth, mqtt.MQTTMessageInfo]:
+        self._seq = 0  # a birth restarts the sequence
+        msg = Birth(
+            device_id=self._device_id, fleet=self._fleet, session=self.session,
+            ts=time.time(), model_version=st.model_version, model_sha256=st.model_sha256,
+            backend=self._backend, board=self._board,
+            labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
+            bd_seq=self.bd_seq, seq=0,
+        )
+        info = self._client.publish(self._topic("birth"), msg.to_payload(), qos=1, retain=True)
+        return msg, info
 
-    def _publish_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo]:
+    def _emit_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo | None]:
+        """Compose one telemetry message; send it live or queue it. Returns it and its info."""
         st = self._current_status()
         rss = self._process.memory_info().rss
-        # One lock around build + publish keeps seq strictly increasing on the wire even when
-        # publish_now() races the timer thread.
         with self._lock:
+            # Validated now, with placeholder session/seq: a bad status must fail here, not
+            # sit in the spool and fail at every replay.
             msg = Telemetry(
-                device_id=self._device_id, fleet=self._fleet, session=self.session,
-                seq=self._next_seq(), ts=time.time(), uptime_s=time.monotonic() - self._t0,
-                model_version=st.model_version, model_sha256=st.model_sha256,
-                labels=tuple(st.labels[:MAX_LABELS_SENT]), n_classes=len(st.labels),
-                inference_count=st.inference_count, latency_p50_ms=st.latency_p50_ms,
-                latency_p95_ms=st.latency_p95_ms, rss_bytes=rss, accuracy=st.accuracy,
-                evaluated=st.evaluated, boot=self._boot, n=self._n,
+                device_id=self._device_id, fleet=self._fleet, session=0, seq=0, ts=time.time(),
+                uptime_s=time.monotonic() - self._t0, model_version=st.model_version,
+                model_sha256=st.model_sha256, labels=tuple(st.labels[:MAX_LABELS_SENT]),
+                n_classes=len(st.labels), inference_count=st.inference_count,
+                latency_p50_ms=st.latency_p50_ms, latency_p95_ms=st.latency_p95_ms,
+                rss_bytes=rss, accuracy=st.accuracy, evaluated=st.evaluated, boot=self._boot,
+                n=self._n, dropped=self._dropped,
             )
             self._n += 1
-            info = self._client.publish(self._topic("telemetry"), msg.to_payload(), qos=1)
-        return msg, info
+            sent, info = self._emit_locked("telemetry", msg.to_dict())
+        if info is None:
+            self._wake.set()
+        return sent or msg, info
+
+    def _emit_locked(self, kind: str, fields: dict[str, Any]
+                     ) -> tuple[Any, mqtt.MQTTMessageInfo | None]:
+        """Send live when connected with nothing queued, else queue (order is kept)."""
+        while self._unacked_live and self._unacked_live[0][0].is_published():
+            self._unacked_live.popleft()  # PUBACKs arrive in order
+        record = encode_record(kind, fields)
+        if self._online and len(self._outbox.queue) == 0:
+            msg, info = self._publish_record(kind, fields, replayed=False)
+            self._unacked_live.append((info, record))
+            return msg, info
+        self._dropped += self._outbox.append(record)
+        return None, None
+
+    def _publish_record(self, kind: str, fields: dict[str, Any], replayed: bool
+                        ) -> tuple[Telemetry | Reply, mqtt.MQTTMessageInfo]:
+        """Stamp session and the next seq on a queued/live message and hand it to paho."""
+        fields = {k: v for k, v in fields.items() if k != "schema"}
+        fields.update(session=self.session, seq=self._next_seq())
+        if kind == "telemetry":
+            msg: Telemetry | Reply = Telemetry(**{**fields, "replayed": replayed})
+        else:
+            msg = Reply(**fields)
+        return msg, self._client.publish(self._topic(kind), msg.to_payload(), qos=1)
+
+    def _send_reply(self, cid: str, ok: bool, result: dict[str, Any] | None,
+                    error: str | None) -> None:
+        try:
+            reply = Reply(cid, self._device_id, self._fleet, 0, 0, time.time(), ok, result, error)
+            reply.to_payload()  # size and JSON checks before it can reach the queue
+        except (MessageError, TypeError, ValueError) as exc:
+            reply = Reply(cid, self._device_id, self._fleet, 0, 0, time.time(), False, None,
+                          f"the result could not be sent: {exc}")
+        with self._lock:
+            _, info = self._emit_locked("reply", reply.to_dict())
+        if info is None:
+            self._wake.set()
+
+    def _dispatch(self, cmd: Command) -> tuple[bool, dict[str, Any] | None, str | None]:
+        """Run one command on the worker thread (rebirth/report here, the rest by the agent)."""
+        if cmd.command == "rebirth":
+            birth = self.publish_birth()
+            return True, {"bd_seq": birth.bd_seq, "session": birth.session}, None
+        if cmd.command == "report":
+            msg, _ = self._emit_telemetry()
+            return True, {"n": msg.n}, None
+        if self._handler is None:
+            return False, None, f"this device does not accept {cmd.command}"
+        return self._handler(cmd)
 
     def _wait(self, info: mqtt.MQTTMessageInfo, timeout_s: float, what: str,
               strict: bool = False) -> None:
@@ -319,54 +490,144 @@ class DeviceReporter(StartStop):
             problem = str(exc)
         if problem is None:
             return
-        text = f"{what} of {self._device_id} to {self._url} not acknowledged: {problem}"
+        text = f"{what} of {self._device_id} to {self._shown_url} not acknowledged: {problem}"
         if strict:
             raise FleetError(text)
         log.warning("%s", text)
 
+    # --- threads --------------------------------------------------------------------------------
+
     def _run_timer(self) -> None:
         # The first telemetry goes out right away so a monitor shows metrics without waiting
-        # a whole interval; the loop ends when stop() sets the event.
+        # a whole interval; offline, it is queued. The loop ends when stop() sets the event.
         delay = 0.0
         while not self._stop_event.wait(delay):
             delay = self._interval_s
-            if not self._client.is_connected():
-                continue  # paho reconnects on its own; the birth follows in _on_connect
             try:
-                self._publish_telemetry()
+                self._emit_telemetry()
             except MessageError:
                 log.warning("telemetry of %s not sent: status has invalid values",
                             self._device_id, exc_info=True)
 
+    def _run_sender(self) -> None:
+        """Replay the queue whenever connected: one batch, wait for its PUBACKs, acknowledge."""
+        while not self._stop_event.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while not self._stop_event.is_set() and self._replay_batch():
+                pass
+
+    def _replay_batch(self) -> bool:
+        """Send one batch from the queue; True if another batch may follow at once."""
+        with self._lock:
+            if not self._online or self._outbox.queue.waiting == 0:
+                return False
+            gen = self._conn_gen
+            infos: list[mqtt.MQTTMessageInfo | None] = []
+            for _, data in self._outbox.queue.peek(REPLAY_BATCH):
+                try:
+                    kind, fields = decode_record(data)
+                    infos.append(self._publish_record(kind, fields, replayed=True)[1])
+                except (MessageError, TypeError, ValueError) as exc:
+                    # Written by another edgemeta version, or damaged: not sendable, ever.
+                    log.warning("spooled record of %s not sendable (%s): discarded",
+                                self._device_id, exc)
+                    infos.append(None)
+        acked = self._wait_batch(infos, gen)
+        with self._lock:
+            self._outbox.queue.ack(acked)
+            if acked < len(infos):
+                self._outbox.queue.release()  # re-sent after the next connect
+                return False
+        return True
+
+    def _wait_batch(self, infos: list[mqtt.MQTTMessageInfo | None], gen: int) -> int:
+        """How many leading messages of a batch were acknowledged before the link changed."""
+        deadline = time.monotonic() + _REPLAY_ACK_TIMEOUT_S
+        for i, info in enumerate(infos):
+            while info is not None and not info.is_published():
+                if gen != self._conn_gen or self._stop_event.is_set() \
+                        or time.monotonic() > deadline:
+                    return i
+                info.wait_for_publish(0.05) if info.rc == mqtt.MQTT_ERR_SUCCESS \
+                    else time.sleep(0.05)
+        return len(infos)
+
+    # --- paho callbacks (network thread) --------------------------------------------------------
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
         if not reason_code.is_failure:
-            # Published from paho's thread without waiting: waiting here would block the loop
-            # that has to read the PUBACK.
-            try:
-                birth = self._birth()
-                self._birth_info = client.publish(
-                    self._topic("birth"), birth.to_payload(), qos=1, retain=True
-                )
-                if self._state == "started":
-                    # A reconnect: the new session has no metrics at the monitor yet.
-                    self._publish_telemetry()
-            except MessageError:
-                log.warning("birth/telemetry of %s not sent: status has invalid values",
-                            self._device_id, exc_info=True)
+            # paho would re-send the previous connection's unacknowledged messages with their old
+            # session and seq; they were put back in our queue and get fresh ones instead.
+            client.drop_out_messages()
+            st = self._current_status()
+            with self._lock:
+                self._conn_gen += 1
+                try:
+                    # Published without waiting: waiting here would block the loop that has to
+                    # read the PUBACK.
+                    _, self._birth_info = self._publish_birth_locked(st)
+                except MessageError:
+                    log.warning("birth of %s not sent: status has invalid values",
+                                self._device_id, exc_info=True)
+                self._online = True
+                reconnect = self._state == "started"
+            client.subscribe([(self._topic("cmd"), 1), (f"{HOST_ROOT}/+", 1)])
+            if reconnect:
+                try:
+                    self._emit_telemetry()  # queued behind any replay: fresh metrics come last
+                except MessageError:
+                    log.warning("telemetry of %s not sent: status has invalid values",
+                                self._device_id, exc_info=True)
+            self._wake.set()
         self._waiter.on_connect(reason_code)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self._state != "started":
-            return  # our own stop()
-        # The broker may already have published this connection's Will ("lost", session S).
-        # Reconnecting with a birth of the same S would then look stale to the monitor, so the
-        # next connection gets a larger session and its own Will.
-        with self._session_lock:
-            self._session = max(self._session + 1, int(time.time() * 1000))
-            self._bd_seq = (self._bd_seq + 1) % 256
-            self._set_will()
-            session = self._session
-        log.warning("reporter %s lost its broker connection (%s); reconnecting as session %d",
-                    self._device_id, reason_code, session)
+        with self._lock:
+            if self._state != "started":
+                return  # our own stop(), or a failed first connect
+            was_online = self._online
+            self._online = False
+            self._conn_gen += 1
+            # Live messages without PUBACK go back in the queue, in order, ahead of anything
+            # queued later; the reconnect re-sends them with fresh seq.
+            self._dropped += self._outbox.requeue_unacked(self._unacked_live)
+            # The broker may already have published this connection's Will ("lost", session S).
+            # The next connection gets a larger session, the next bd_seq and its own Will.
+            with self._session_lock:
+                if was_online:
+                    self._session = max(self._session + 1, int(time.time() * 1000))
+                    self._bd_seq = (self._bd_seq + 1) % 256
+                    self._set_will()
+                session = self._session
+        if was_online:
+            log.warning("reporter %s lost its broker connection (%s); queueing telemetry and "
+                        "reconnecting as session %d", self._device_id, reason_code, session)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._topic("cmd"):
+            self._commands.submit(message.payload)
+            return
+        if message.topic.startswith(HOST_ROOT + "/"):
+            self._on_host_state(message.topic, message.payload)
+
+    def _on_host_state(self, topic_name: str, payload: bytes) -> None:
+        if not payload:
+            with self._lock:  # a cleared retained message: that host is gone
+                self._hosts.pop(topic_name[len(HOST_ROOT) + 1:], None)
+            return
+        try:
+            state = decode_host_state(topic_name, payload)
+        except MessageError as exc:
+            log.warning("ignoring host state on %s: %s", topic_name, exc)
+            return
+        with self._lock:
+            before = any(self._hosts.values())
+            self._hosts[state.host_id] = state.online
+            after = any(self._hosts.values())
+        if before != after:
+            log.warning("%s: %s", self._device_id, "a monitor is listening" if after
+                        else "no monitor is listening (telemetry is still published)")
+

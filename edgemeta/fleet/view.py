@@ -1,9 +1,12 @@
-"""Rich rendering of fleet state: a table and a live-updating watch."""
+"""Rich rendering of fleet state: a sortable, filterable table and a live-updating watch."""
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from typing import TYPE_CHECKING
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from edgemeta.errors import FleetError
 
@@ -13,9 +16,73 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from edgemeta.fleet.monitor import DeviceState, FleetMonitor
+    from edgemeta.fleet.alerts import Alert
+    from edgemeta.fleet.monitor import FleetMonitor
+    from edgemeta.fleet.tracker import DeviceState
 
-__all__ = ["render_table", "watch"]
+__all__ = ["SORT_KEYS", "COLUMNS", "filter_states", "sort_states", "render_table", "watch"]
+
+COLUMNS = ("device", "fleet", "state", "seen", "model", "classes", "inf/s", "p50/p95 ms",
+           "accuracy", "alerts")
+_RIGHT = {"classes", "inf/s", "p50/p95 ms", "accuracy", "seen"}
+# Device ids never wrap (they are what a reader looks for); on a narrow terminal rich wraps the
+# other columns instead.
+_NO_WRAP = {"device"}
+# Short state words keep the table narrow: why a device is offline is the most useful part.
+_OFFLINE_WORD = {"graceful": "stopped", "lost": "lost", None: "silent"}
+_NEVER = float("-inf")
+
+
+def _by_state(s: DeviceState) -> Any:
+    return (s.state == "online", s.fleet, s.device_id)  # offline first: what needs attention
+
+
+def _by_latency(s: DeviceState) -> Any:
+    # Slowest first; devices without a latency last.
+    p50 = s.latency_p50_ms
+    return (p50 is None, -(p50 or 0.0), s.fleet, s.device_id)
+
+
+def _by_last_seen(s: DeviceState) -> Any:
+    # Longest silent first: never-seen devices, then the oldest last_seen.
+    return (_NEVER if s.last_seen is None else s.last_seen, s.fleet, s.device_id)
+
+
+def _by_version(s: DeviceState) -> Any:
+    return (s.model_version is None, s.model_version or "", s.fleet, s.device_id)
+
+
+SORT_KEYS: dict[str, Callable[[DeviceState], Any]] = {
+    "state": _by_state,
+    "device": lambda s: (s.fleet, s.device_id),
+    "latency": _by_latency,
+    "last-seen": _by_last_seen,
+    "version": _by_version,
+}
+
+
+def sort_states(states: Sequence[DeviceState], sort: str = "device") -> list[DeviceState]:
+    """Order states by one of :data:`SORT_KEYS`.
+
+    Raises:
+        FleetError: For an unknown sort key.
+    """
+    key = SORT_KEYS.get(sort)
+    if key is None:
+        raise FleetError(f"unknown sort {sort!r}: expected one of {', '.join(SORT_KEYS)}")
+    return sorted(states, key=key)
+
+
+def filter_states(states: Sequence[DeviceState], pattern: str | None) -> list[DeviceState]:
+    """Keep states whose ``<fleet>/<device>`` or device id matches a shell-style pattern.
+
+    A pattern without ``/`` is tried against both, so ``pi-*`` and ``site-a/*`` both work; None or
+    an empty pattern keeps everything.
+    """
+    if not pattern:
+        return list(states)
+    return [s for s in states if fnmatch.fnmatchcase(f"{s.fleet}/{s.device_id}", pattern)
+            or ("/" not in pattern and fnmatch.fnmatchcase(s.device_id, pattern))]
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -27,44 +94,69 @@ def _ago(last_seen: float | None, now: float) -> str:
         return "never"
     age = max(0.0, now - last_seen)
     if age < 120:
-        return f"{age:.0f} s ago"
+        return f"{age:.0f}s ago"
     if age < 7200:
-        return f"{age / 60:.0f} min ago"
-    return f"{age / 3600:.1f} h ago"
+        return f"{age / 60:.0f}m ago"
+    return f"{age / 3600:.1f}h ago"
 
 
-def render_table(states: list[DeviceState], now: float | None = None) -> Table:
+def render_table(
+    states: Sequence[DeviceState],
+    now: float | None = None,
+    alerts: Sequence[Alert] = (),
+    sort: str = "device",
+    pattern: str | None = None,
+    limit: int | None = None,
+) -> Table:
     """Build a rich table of device states.
 
     Args:
         states: Usually ``monitor.snapshot()``.
         now: Reference time for "last seen" (unix seconds); defaults to ``time.time()``.
+        alerts: Alerts to show per device (``monitor.alerts()``).
+        sort: One of :data:`SORT_KEYS`.
+        pattern: Shell-style filter on ``<fleet>/<device>`` or the device id.
+        limit: Show at most this many rows (the caption says how many were left out).
 
     Returns:
-        A table with columns device, fleet, state, model, classes, inferences, p50 ms, p95 ms,
-        accuracy, last seen.
+        A table with the columns of :data:`COLUMNS`.
+
+    Raises:
+        FleetError: For an unknown sort key.
     """
+    from rich import box
     from rich.table import Table
 
     now = time.time() if now is None else now
-    table = Table(title="edgemeta fleet", expand=False)
-    for name, justify in (
-        ("device", "left"), ("fleet", "left"), ("state", "left"), ("model", "left"),
-        ("classes", "right"), ("inferences", "right"), ("p50 ms", "right"),
-        ("p95 ms", "right"), ("accuracy", "right"), ("last seen", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for st in states:
+    shown = sort_states(filter_states(states, pattern), sort)
+    by_device: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for a in alerts:
+        by_device[(a.fleet, a.device)].append(a.kind)
+    online = sum(1 for s in shown if s.state == "online")
+    n_alerts = sum(len(by_device[(s.fleet, s.device_id)]) for s in shown)
+    caption = f"{len(shown)} devices, {online} online, {n_alerts} alerts"
+    if limit is not None and len(shown) > limit:
+        caption += f"; first {limit} shown"
+        shown = shown[:limit]
+    table = Table(title="edgemeta fleet", caption=caption, expand=False, box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for name in COLUMNS:
+        # fold, not the default ellipsis: a wrapped version number is still readable.
+        table.add_column(name, justify="right" if name in _RIGHT else "left",
+                         no_wrap=name in _NO_WRAP, overflow="fold")
+    for st in shown:
         if st.state == "online":
             state = "[green]online[/green]"
         else:
-            why = f" ({st.death_reason})" if st.death_reason else ""
-            state = f"[red]offline{why}[/red]"
-        acc = "-" if st.accuracy is None else f"{st.accuracy:.1%} / {st.evaluated}"
+            state = f"[red]{_OFFLINE_WORD.get(st.death_reason, 'offline')}[/red]"
+        acc = "-" if st.accuracy is None else f"{st.accuracy:.1%}/{st.evaluated}"
+        lat = "-" if st.latency_p50_ms is None else \
+            f"{st.latency_p50_ms:.2f}/{_fmt(st.latency_p95_ms, '.2f')}"
+        kinds = by_device.get((st.fleet, st.device_id), [])
         table.add_row(
-            st.device_id, st.fleet, state, st.model_version or "-", str(st.n_classes),
-            _fmt(st.inference_count, "d"), _fmt(st.latency_p50_ms, ".2f"),
-            _fmt(st.latency_p95_ms, ".2f"), acc, _ago(st.last_seen, now),
+            st.device_id, st.fleet, state, _ago(st.last_seen, now), st.model_version or "-",
+            str(st.n_classes), _fmt(st.inference_rate, ".1f"), lat, acc,
+            f"[yellow]{', '.join(kinds)}[/yellow]" if kinds else "",
         )
     return table
 
@@ -74,6 +166,9 @@ def watch(
     console: Console | None = None,
     refresh_s: float = 1.0,
     duration_s: float | None = None,
+    sort: str = "device",
+    pattern: str | None = None,
+    limit: int | None = None,
 ) -> None:
     """Show a live-updating table of ``monitor`` until ``duration_s`` passes or Ctrl-C.
 
@@ -82,20 +177,34 @@ def watch(
         console: Rich console to draw on; a new one by default.
         refresh_s: Seconds between redraws (> 0).
         duration_s: Stop after this many seconds; None runs until KeyboardInterrupt.
+        sort: One of :data:`SORT_KEYS`.
+        pattern: Shell-style filter on ``<fleet>/<device>`` or the device id.
+        limit: Show at most this many rows.
+
+    Raises:
+        FleetError: For a non-positive ``refresh_s`` or an unknown sort key.
     """
     from rich.console import Console
     from rich.live import Live
 
     if not refresh_s > 0:
         raise FleetError(f"refresh_s must be a positive number of seconds, got {refresh_s!r}")
+    if sort not in SORT_KEYS:
+        raise FleetError(f"unknown sort {sort!r}: expected one of {', '.join(SORT_KEYS)}")
     console = console or Console()
+
+    def frame() -> Table:
+        states = monitor.snapshot()
+        return render_table(states, alerts=monitor.alerts(states), sort=sort, pattern=pattern,
+                            limit=limit)
+
     end = None if duration_s is None else time.monotonic() + duration_s
     try:
-        with Live(render_table(monitor.snapshot()), console=console, auto_refresh=False) as live:
+        with Live(frame(), console=console, auto_refresh=False) as live:
             while end is None or time.monotonic() < end:
                 step = refresh_s if end is None else min(refresh_s, max(0.0, end - time.monotonic()))
                 time.sleep(step)
-                live.update(render_table(monitor.snapshot()), refresh=True)
+                live.update(frame(), refresh=True)
     except KeyboardInterrupt:
         # Ctrl-C is the normal way to leave an unbounded watch; not an error.
         pass

@@ -108,8 +108,13 @@ class FewShotClassifier:
         """
         self.store.validate_label(label)  # before the (slower) embedding
         x = self._preprocess(images)
-        self.store.update(label, self.embedder.embed(x))
-        self.store.examples.add(label, to_uint8(x, self.manifest.input.preprocessing))
+        embeddings = self.embedder.embed(x)
+        kept = to_uint8(x, self.manifest.input.preprocessing)
+        if label in self.store.examples.labels and \
+                self.store.examples.images(label).shape[1:] != kept.shape[1:]:
+            self.store.examples.forget(label)  # stored at another model's size: start afresh
+        self.store.examples.add(label, kept)  # checked first: a failure changes nothing
+        self.store.update(label, embeddings)
         return self.store.count(label)
 
     def classify(self, images: Sequence[ImageLike] | np.ndarray) -> list[Prediction]:

@@ -19,14 +19,15 @@ is reached, the class holding the most images gives one up.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from edgemeta.bundle import Preprocessing
 from edgemeta.errors import InputError
 
-__all__ = ["MAX_BYTES", "MAX_PER_CLASS", "ExampleBank", "from_uint8", "reembed", "to_uint8"]
+__all__ = ["MAX_BYTES", "MAX_PER_CLASS", "ExampleBank", "Reembedded", "from_uint8", "reembed",
+           "to_uint8"]
 
 MAX_PER_CLASS = 32
 MAX_BYTES = 8 * 1024 * 1024
@@ -56,6 +57,9 @@ class ExampleBank:
         self.max_bytes = max_bytes
         self._images: dict[str, list[np.ndarray]] = {}
         self._seen: dict[str, int] = {}
+        # Per-class sample size, lowered for a class that gave images up to the total bound, so
+        # its sample stays uniform instead of filling up again with the newest images.
+        self._cap: dict[str, int] = {}
 
     @property
     def labels(self) -> list[str]:
@@ -85,13 +89,14 @@ class ExampleBank:
         for image in images:
             n = self._seen.get(label, 0)
             self._seen[label] = n + 1
-            if len(kept) < self.max_per_class:
+            cap = self._cap.get(label, self.max_per_class)
+            if len(kept) < cap:
                 kept.append(image.copy())
                 continue
             # Reservoir sampling (Algorithm R), seeded per label and position so the kept sample
             # does not depend on process restarts.
             j = int(np.random.default_rng([zlib.crc32(label.encode()), n]).integers(0, n + 1))
-            if j < self.max_per_class:
+            if j < len(kept):
                 kept[j] = image.copy()
         self._shrink()
 
@@ -101,6 +106,7 @@ class ExampleBank:
             if len(self._images[largest]) <= 1:
                 break
             self._images[largest].pop()
+            self._cap[largest] = len(self._images[largest])
 
     def put(self, label: str, images: np.ndarray, seen: int) -> None:
         """Replace ``label``'s sample with ``images`` (already a sample of ``seen`` images)."""
@@ -112,6 +118,7 @@ class ExampleBank:
     def forget(self, label: str) -> None:
         self._images.pop(label, None)
         self._seen.pop(label, None)
+        self._cap.pop(label, None)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for an ``.npz`` (no pickle): images, their label index, labels and seen counts."""
@@ -148,33 +155,39 @@ class ExampleBank:
         return bank
 
 
+class Reembedded(NamedTuple):
+    """What :func:`reembed` produced for another model."""
+
+    means: dict[str, np.ndarray]  # label -> mean embedding in the new model's space
+    images: dict[str, np.ndarray]  # label -> the kept images at the new model's input size
+    skipped: list[str]  # labels stored with another number of channels
+
+
 def reembed(bank: ExampleBank, embed: Callable[[np.ndarray], np.ndarray],
-            spec: Preprocessing) -> tuple[dict[str, np.ndarray], list[str]]:
+            spec: Preprocessing) -> Reembedded:
     """Embed every class's kept examples with another model.
 
     Args:
         bank: The examples.
         embed: The new model's embedding function over preprocessed batches (n, H, W, C).
-        spec: The new model's preprocessing; examples of another size are resized (bilinear).
-
-    Returns:
-        ``(means, skipped)``: the mean embedding per re-learned label, and labels that could not
-        be re-learned (stored with a different number of channels).
+        spec: The new model's preprocessing; examples of another size are resized (bilinear),
+            and returned at that size so that later enrollments with the new model match them.
     """
     from PIL import Image  # the runtime already depends on Pillow for preprocessing
 
     size, channels = tuple(spec.size), spec.channels
-    means: dict[str, np.ndarray] = {}
-    skipped: list[str] = []
+    out = Reembedded({}, {}, [])
     for label in bank.labels:
         images = bank.images(label)
         if images.shape[-1] != channels:
-            skipped.append(label)
+            out.skipped.append(label)
             continue
-        if images.shape[1:3] != tuple(size):
+        if images.shape[1:3] != size:
             images = np.stack([
                 np.asarray(Image.fromarray(im.squeeze(-1) if channels == 1 else im)
                            .resize((size[1], size[0]), Image.BILINEAR)).reshape(*size, channels)
                 for im in images])
-        means[label] = embed(from_uint8(images, spec)).astype(np.float64).mean(axis=0).astype(np.float32)
-    return means, skipped
+        out.means[label] = embed(from_uint8(images, spec)).astype(np.float64).mean(axis=0) \
+            .astype(np.float32)
+        out.images[label] = images
+    return out

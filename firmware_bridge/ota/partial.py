@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 
 from edgemeta.bundle import atomic_write_bytes
+from firmware_bridge.ota.chunkset import ChunkBitmap
 from firmware_bridge.ota.protocol import Offer
 
 __all__ = ["PartialBundle", "partial_dir"]
@@ -34,9 +35,13 @@ def partial_dir(ota_root: Path, bundle_sha256: str) -> Path:
 
 
 class PartialBundle:
-    """The on-disk state of one bundle being received; not thread-safe (the receiver locks)."""
+    """The on-disk state of one bundle being received; not thread-safe (the receiver locks).
 
-    def __init__(self, directory: Path, offer: Offer, held: dict[int, bytes], fd: int,
+    ``held`` is a :class:`ChunkBitmap` of the chunks written and recorded (``len(held)`` counts
+    them); the chunks' hashes live only in ``held.log``.
+    """
+
+    def __init__(self, directory: Path, offer: Offer, held: ChunkBitmap, fd: int,
                  log_fd: int) -> None:
         self.dir = directory
         self.offer = offer
@@ -77,34 +82,41 @@ class PartialBundle:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return cls(directory, offer, {}, fd, log_fd)
+        return cls(directory, offer, ChunkBitmap(offer.chunks), fd, log_fd)
 
     @staticmethod
     def _resume(directory: Path, offer: Offer,
-                meta: dict) -> tuple[dict[int, bytes], int, int] | None:
+                meta: dict) -> tuple[ChunkBitmap, int, int] | None:
         try:
             if json.loads((directory / "offer.json").read_text()) != meta:
                 return None  # same bundle, other chunk size: start over
             part = directory / "bundle.part"
             if part.stat().st_size != offer.bundle_bytes:
                 return None
-            log_bytes = (directory / "held.log").read_bytes()
+            # At most one record per chunk was ever appended: anything beyond is not ours.
+            with open(directory / "held.log", "rb") as fh:
+                log_bytes = fh.read(offer.chunks * _RECORD.size)
         except (OSError, ValueError):
             return None
         fd = os.open(part, os.O_RDWR)
-        held: dict[int, bytes] = {}
-        usable = len(log_bytes) - len(log_bytes) % _RECORD.size  # drop a torn last record
-        for pos in range(0, usable, _RECORD.size):
-            index, digest = _RECORD.unpack_from(log_bytes, pos)
-            if index >= offer.chunks or index in held:
-                continue
-            data = os.pread(fd, offer.chunk_size(index), index * offer.chunk_bytes)
-            if hashlib.sha256(data).digest() == digest:
-                held[index] = digest
-        # Rewrite the log with only the verified records so that appends stay aligned.
-        records = b"".join(_RECORD.pack(i, d) for i, d in sorted(held.items()))
-        atomic_write_bytes(directory / "held.log", records)
-        log_fd = os.open(directory / "held.log", os.O_WRONLY | os.O_APPEND)
+        try:
+            held = ChunkBitmap(offer.chunks)
+            records = bytearray()
+            usable = len(log_bytes) - len(log_bytes) % _RECORD.size  # drop a torn last record
+            for pos in range(0, usable, _RECORD.size):
+                index, digest = _RECORD.unpack_from(log_bytes, pos)
+                if index >= offer.chunks or index in held:
+                    continue
+                data = os.pread(fd, offer.chunk_size(index), index * offer.chunk_bytes)
+                if hashlib.sha256(data).digest() == digest:
+                    held.add(index)
+                    records += log_bytes[pos:pos + _RECORD.size]
+            # Rewrite the log with only the verified records so that appends stay aligned.
+            atomic_write_bytes(directory / "held.log", bytes(records))
+            log_fd = os.open(directory / "held.log", os.O_WRONLY | os.O_APPEND)
+        except BaseException:
+            os.close(fd)  # e.g. the card is full or read-only: the caller reports it
+            raise
         return held, fd, log_fd
 
     def write(self, index: int, data: bytes, digest: bytes) -> None:
@@ -115,7 +127,7 @@ class PartialBundle:
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
         os.write(self._log_fd, _RECORD.pack(index, digest))
-        self.held[index] = digest
+        self.held.add(index)
 
     def sha256(self) -> str:
         """SHA-256 of the whole part file (after fsync), to compare with the offer."""

@@ -33,7 +33,8 @@ SCHEMA_VERSION = 1
 
 __all__ = [
     "ACK_EVERY", "CHUNK_HEADER_BYTES", "CHUNK_MAGIC", "DEFAULT_CHUNK_BYTES", "FINAL_STATES",
-    "MAX_CHUNK_BYTES", "MAX_OTA_BUNDLE_BYTES", "MAX_RANGES", "OTA_KINDS", "STATES",
+    "MAX_CHUNKS", "MAX_CHUNK_BYTES", "MAX_OTA_BUNDLE_BYTES", "MAX_RANGES", "MIN_CHUNK_BYTES",
+    "OTA_KINDS", "STATES",
     "Chunk", "Offer", "Status", "decode_chunk", "decode_offer", "decode_status", "encode_chunk",
     "new_transfer_id", "ota_filter", "ota_topic", "parse_ota_topic", "ranges_of",
 ]
@@ -47,6 +48,12 @@ CHUNK_HEADER_BYTES = _HEADER.size  # 57
 # enough that the 57-byte header and the per-message overhead stay below 0.1 %.
 MAX_CHUNK_BYTES = 64 * 1024
 DEFAULT_CHUNK_BYTES = MAX_CHUNK_BYTES
+# An offer is bounded in chunks as well as bytes: the board keeps a bitmap of the chunks it holds
+# and walks it to find what is missing, so tiny chunks (an offer of 256 MiB in 1-byte chunks would
+# be 268 million of them) must not be able to exhaust a board's memory or CPU. Only the last chunk
+# may be shorter than MIN_CHUNK_BYTES (and a bundle smaller than that travels as one chunk).
+MIN_CHUNK_BYTES = 4 * 1024
+MAX_CHUNKS = 65_536
 MAX_OTA_BUNDLE_BYTES = MAX_BUNDLE_BYTES
 # The board acknowledges progress every ACK_EVERY chunks; a sender's window must be larger.
 ACK_EVERY = 8
@@ -213,13 +220,19 @@ class Offer(_Message):
         if not 0 < self.bundle_bytes <= MAX_OTA_BUNDLE_BYTES:
             raise MessageError(f"OTA offer bundle_bytes {self.bundle_bytes}: expected 1.."
                                f"{MAX_OTA_BUNDLE_BYTES}")
-        if not 0 < self.chunk_bytes <= MAX_CHUNK_BYTES:
-            raise MessageError(f"OTA offer chunk_bytes {self.chunk_bytes}: expected 1.."
-                               f"{MAX_CHUNK_BYTES}")
+        smallest = min(MIN_CHUNK_BYTES, self.bundle_bytes)
+        if not smallest <= self.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise MessageError(f"OTA offer chunk_bytes {self.chunk_bytes}: expected {smallest}.."
+                               f"{MAX_CHUNK_BYTES} (only a bundle smaller than "
+                               f"{MIN_CHUNK_BYTES} bytes may travel in a smaller, single chunk)")
         expected = -(-self.bundle_bytes // self.chunk_bytes)
         if self.chunks != expected:
             raise MessageError(f"OTA offer chunks {self.chunks}: expected {expected} for "
                                f"{self.bundle_bytes} bytes in chunks of {self.chunk_bytes}")
+        if self.chunks > MAX_CHUNKS:
+            raise MessageError(f"OTA offer chunks {self.chunks}: expected at most {MAX_CHUNKS}; "
+                               f"send {self.bundle_bytes} bytes in chunks of at least "
+                               f"{-(-self.bundle_bytes // MAX_CHUNKS)} bytes")
 
     def chunk_size(self, index: int) -> int:
         """Exact data length of chunk ``index`` (the last one may be shorter)."""
@@ -258,6 +271,17 @@ class Status(_Message):
     message: str | None = None
     rejected: int = 0
     path: str | None = None
+
+    def _check(self) -> None:
+        if self.chunks > MAX_CHUNKS or self.received > self.chunks:
+            raise MessageError(f"OTA status received {self.received} of {self.chunks} chunks: "
+                               f"expected received <= chunks <= {MAX_CHUNKS}")
+        end = 0
+        for a, b in self.need:
+            if a < end or b > self.chunks:
+                raise MessageError(f"OTA status field 'need': range [{a}, {b}) overlaps, is out "
+                                   f"of order or ends beyond the {self.chunks} chunks")
+            end = b
 
     @property
     def final(self) -> bool:

@@ -154,7 +154,8 @@ def test_downgrade_refused_unless_allowed(make_bundle, home, snapshot):
 
 @pytest.mark.parametrize("a,b,expected", [
     ("1.10.0", "1.9.2", 1), ("2.0.0-rc1", "2.0.0", -1), ("1.0.0+build7", "1.0.0", 0),
-    ("1.0", "1.0.1", -1), ("2026.11.23", "2026.2.1", 1), ("1.0.0-rc.2", "1.0.0-rc.10", -1)])
+    ("1.0", "1.0.1", -1), ("2026.11.23", "2026.2.1", 1), ("1.0.0-rc.2", "1.0.0-rc.10", -1),
+    ("v10.0.0", "v9.0.0", 1), ("v1.2.0", "1.2.0", 0), ("1.0.0-rc10", "1.0.0-rc9", 1)])
 def test_version_order(a, b, expected):
     assert compare_versions(a, b) == expected
     assert compare_versions(b, a) == -expected
@@ -232,3 +233,31 @@ def test_microcontroller_profiles_are_refused_with_a_hint(make_bundle, home, tmp
     mcu_home = tmp_path / "mcu"
     init_home(mcu_home, allow_unsigned=True, board="arduino-nano-33-ble-sense")
     _refused(make_bundle("1.0.1"), mcu_home, "board-mismatch", "edgemeta export c", snapshot)
+
+
+@pytest.mark.parametrize("bad", ["2.0.0\n", "2.0.0\r\n", " 2.0.0", "../2", "a" * 65, ""])
+def test_versions_that_are_not_plain_names_are_refused(make_bundle, bad):
+    from edgemeta.bundle import validate_version
+
+    with pytest.raises(BundleError, match="not valid"):
+        validate_version(bad)
+
+
+def test_failed_switch_keeps_the_previous_record(make_bundle, home, monkeypatch):
+    """`previous` is written before the pointer switch; if the switch fails it is restored."""
+    from edgemeta.bundle import BoardHome
+    from firmware_bridge import PREVIOUS_POINTER, rollback
+
+    install_bundle(make_bundle("1.0.0", seed=1), home)
+    install_bundle(make_bundle("1.1.0", seed=2), home)
+    assert (home / PREVIOUS_POINTER).read_text() == "1.0.0\n"
+
+    def broken(self, version):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(BoardHome, "set_current", broken)
+    with pytest.raises(InstallError, match="1.1.0 stays current"):
+        install_bundle(make_bundle("1.2.0", seed=3), home)
+    monkeypatch.undo()
+    assert (home / PREVIOUS_POINTER).read_text() == "1.0.0\n"
+    assert rollback(home) == "1.0.0"

@@ -46,7 +46,7 @@ def telemetry(session: int, seq: int, device: str = "pi-01", **kw: object) -> Te
     fields = dict(device_id=device, fleet="lab", session=session, seq=seq, ts=2.0, uptime_s=5.0,
                   model_version="1.0.0", model_sha256="ab" * 32, labels=["cat", "dog", "cow"],
                   n_classes=3, inference_count=10 + seq, latency_p50_ms=0.7, latency_p95_ms=1.1,
-                  rss_bytes=40_000_000, accuracy=0.8, evaluated=5)
+                  rss_bytes=40_000_000, accuracy=0.8, evaluated=5, boot=1, n=seq)
     fields.update(kw)
     return Telemetry(**fields)  # type: ignore[arg-type]
 
@@ -204,6 +204,9 @@ def test_snapshot_is_sorted_and_status_dict_is_json(monitor: FleetMonitor) -> No
         ("lab", "a-dev"), ("lab", "b-dev"), ("zoo", "a-dev")]
     status = json.loads(json.dumps(monitor.status_dict()))
     assert status["errors"] == 1
+    assert status["stats"]["messages"] == 4 and status["stats"]["errors"] == 1
+    assert status["stats"]["devices"] == 3 and status["alerts"] == []
+    assert status["host_id"] == monitor.host_id
     assert [d["device_id"] for d in status["devices"]] == ["a-dev", "b-dev", "a-dev"]
     assert status["devices"][0]["labels"] == ["cat", "dog"]
 
@@ -220,15 +223,20 @@ def test_render_table_has_columns_and_rows(monitor: FleetMonitor, clock: FakeClo
     feed(monitor, telemetry(1, 0))
     feed(monitor, birth(1, device="pi-02"))
     feed(monitor, Death("pi-02", "lab", 1, 2.0, "lost"))
-    table = render_table(monitor.snapshot(), now=clock.now + 4)
+    states = monitor.snapshot()
+    table = render_table(states, now=clock.now + 4, alerts=monitor.alerts(states))
     assert [c.header for c in table.columns] == [
-        "device", "fleet", "state", "model", "classes", "inferences", "p50 ms", "p95 ms",
-        "accuracy", "last seen"]
+        "device", "fleet", "state", "seen", "model", "classes", "inf/s", "p50/p95 ms",
+        "accuracy", "alerts"]
     console = Console(record=True, width=200, color_system=None)
     console.print(table)
     text = console.export_text()
-    assert "pi-01" in text and "online" in text and "80.0% / 5" in text and "4 s ago" in text
-    assert "offline (lost)" in text
+    assert "pi-01" in text and "online" in text and "80.0%/5" in text and "4s ago" in text
+    assert "0.70/1.10" in text  # p50/p95
+    assert "2 devices, 1 online, 1 alerts" in text  # pi-02's offline alert
+    row = next(line for line in text.splitlines() if "pi-02" in line)
+    assert " lost " in row  # the state says why it is offline
+    assert row.rstrip().endswith(" offline")  # the alerts column names the kind
 
 
 def test_constructor_rejects_bad_arguments() -> None:

@@ -1,0 +1,311 @@
+"""Sparkplug sequence checks, replay de-duplication, rebirth requests and host state: no broker.
+
+The monitor is fed through ``handle()``; its command publishing is replaced by a list.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgemeta.fleet import Birth, Command, Death, FleetMonitor, Reply, Telemetry, topic
+from edgemeta.fleet.schema import decode
+from edgemeta.fleet.tracker import MAX_BOOTS_TRACKED, REPLAY_WINDOW, SeenWindow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sent(list):
+    """Collects (topic, Command) of every rebirth request."""
+
+    def __call__(self, topic_name: str, payload: bytes) -> None:
+        self.append((topic_name, decode("cmd", payload)))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sent() -> Sent:
+    return Sent()
+
+
+@pytest.fixture
+def monitor(clock: Clock, sent: Sent) -> FleetMonitor:
+    return FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, host_id="host-a")
+
+
+def birth(session: int = 100, device: str = "pi-01", bd_seq: int = 0) -> Birth:
+    return Birth(device_id=device, fleet="lab", session=session, ts=1.0, model_version="1.0",
+                 model_sha256=None, backend=None, board=None, labels=("a",),
+                 agent_version="0.1.0", bd_seq=bd_seq, seq=0)
+
+
+def tele(seq: int, n: int | None = None, session: int = 100, device: str = "pi-01",
+         boot: int = 7, ts: float | None = None, count: int = 0, **kw: object) -> Telemetry:
+    n = seq if n is None else n
+    return Telemetry(device_id=device, fleet="lab", session=session, seq=seq,
+                     ts=1000.0 + n if ts is None else ts, uptime_s=1.0, model_version="1.0",
+                     model_sha256=None, labels=("a",), n_classes=1, inference_count=count,
+                     latency_p50_ms=1.0, latency_p95_ms=2.0, rss_bytes=1, accuracy=None,
+                     evaluated=0, boot=boot, n=n, **kw)  # type: ignore[arg-type]
+
+
+def feed(m: FleetMonitor, msg: Birth | Telemetry | Death | Reply) -> None:
+    m.handle(topic(msg.fleet, msg.device_id, msg.KIND), msg.to_payload())
+
+
+def test_seq_wraps_without_a_gap(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, birth())
+    seqs = list(range(1, 256)) + [0, 1, 2]  # ... 254, 255, 0, 1, 2
+    for i, s in enumerate(seqs):
+        feed(monitor, tele(s, n=i))
+    stats = monitor.stats()
+    assert stats["gaps"] == 0 and stats["missed"] == 0 and stats["telemetry_unique"] == len(seqs)
+    assert sent == []
+    assert monitor.device("pi-01").last_seq == 2  # type: ignore[union-attr]
+
+
+def test_gap_is_counted_and_rebirth_requested(monitor: FleetMonitor, sent: Sent,
+                                              clock: Clock) -> None:
+    feed(monitor, birth())
+    for s in (1, 2, 3):
+        feed(monitor, tele(s))
+    feed(monitor, tele(5))  # 4 is missing
+    stats = monitor.stats()
+    assert (stats["gaps"], stats["missed"], stats["rebirths_requested"]) == (1, 1, 1)
+    ((cmd_topic, cmd),) = sent
+    assert cmd_topic == "edgemeta/v1/lab/pi-01/cmd"
+    assert isinstance(cmd, Command) and cmd.command == "rebirth" and cmd.host_id == "host-a"
+    assert "expected seq 4, got 5" in cmd.args["reason"]
+    st = monitor.device("pi-01")
+    assert st is not None and (st.gaps, st.missed, st.last_gap_at) == (1, 1, clock.now)
+    feed(monitor, tele(6))  # continues from 5: no second gap
+    assert monitor.stats()["gaps"] == 1
+
+
+def test_gap_across_the_wrap(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    for i, s in enumerate(range(1, 255)):
+        feed(monitor, tele(s, n=i))
+    feed(monitor, tele(2, n=300))  # expected 255: 255, 0, 1 are missing
+    assert (monitor.stats()["gaps"], monitor.stats()["missed"]) == (1, 3)
+
+
+def test_rebirth_requests_are_rate_limited_per_device(monitor: FleetMonitor, sent: Sent,
+                                                      clock: Clock) -> None:
+    feed(monitor, birth())
+    feed(monitor, birth(device="pi-02"))
+    feed(monitor, tele(3))
+    feed(monitor, tele(9, n=9))
+    feed(monitor, tele(5, device="pi-02"))  # another device is not held back
+    assert [t for t, _ in sent] == ["edgemeta/v1/lab/pi-01/cmd", "edgemeta/v1/lab/pi-02/cmd"]
+    assert monitor.stats()["rebirths_suppressed"] == 1
+    clock.now += 11
+    feed(monitor, tele(20, n=20))
+    assert len(sent) == 3
+    ids = [c.id for _, c in sent]
+    assert len(set(ids)) == 3  # every command has its own correlation id
+
+
+def test_new_birth_restarts_the_sequence(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, birth())
+    feed(monitor, tele(1))
+    feed(monitor, tele(2))
+    feed(monitor, birth())  # rebirth (same session): seq restarts at 0
+    feed(monitor, tele(1, n=3))
+    assert monitor.stats()["gaps"] == 0 and sent == []
+
+
+def test_redelivered_older_seq_is_not_a_gap(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    for s in (1, 2, 3):
+        feed(monitor, tele(s))
+    feed(monitor, tele(2))  # QoS 1 redelivery
+    stats = monitor.stats()
+    assert stats["gaps"] == 0 and stats["duplicates"] == 1 and stats["telemetry_unique"] == 3
+    assert monitor.device("pi-01").last_seq == 3  # type: ignore[union-attr]
+
+
+def test_replies_and_graceful_death_take_part_in_the_sequence(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    feed(monitor, tele(1))
+    feed(monitor, Reply(id="c1", device_id="pi-01", fleet="lab", session=100, seq=2, ts=1.0,
+                        ok=True))
+    feed(monitor, tele(3))
+    feed(monitor, Death("pi-01", "lab", 100, 2.0, "graceful", bd_seq=0, seq=5))  # 4 missing
+    stats = monitor.stats()
+    assert (stats["gaps"], stats["missed"]) == (1, 1)
+    assert stats["rebirths_requested"] == 0  # a leaving device is not asked to re-birth
+    assert monitor.device("pi-01").state == "offline"  # type: ignore[union-attr]
+
+
+def test_telemetry_without_birth_asks_for_one(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, tele(17))
+    st = monitor.device("pi-01")
+    assert st is not None and not st.born and st.state == "online"
+    ((_, cmd),) = sent
+    assert cmd.args["reason"] == "never born"
+    assert [a.kind for a in monitor.alerts()] == ["never-birthed"]
+    assert monitor.stats()["gaps"] == 0  # no birth, no expectation, no gap
+    feed(monitor, birth())
+    feed(monitor, tele(1, n=18))
+    assert monitor.device("pi-01").born  # type: ignore[union-attr]
+    assert monitor.alerts() == []
+
+
+def test_new_session_without_birth_asks_for_one(monitor: FleetMonitor, sent: Sent,
+                                                clock: Clock) -> None:
+    feed(monitor, birth(session=100))
+    feed(monitor, tele(1))
+    clock.now += 20
+    feed(monitor, tele(4, session=200))  # reconnected; this monitor missed the new birth
+    ((_, cmd),) = sent
+    assert cmd.args["reason"] == "no birth for session 200"
+    assert monitor.stats()["gaps"] == 0  # a new connection is not a gap of the old one
+
+
+def test_death_with_other_bd_seq_is_not_trusted(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, birth(bd_seq=4))
+    feed(monitor, Death("pi-01", "lab", 100, None, "lost", bd_seq=3))
+    assert monitor.device("pi-01").state == "online"  # type: ignore[union-attr]
+    ((_, cmd),) = sent
+    assert "bd_seq 3 does not match birth bd_seq 4" in cmd.args["reason"]
+    feed(monitor, Death("pi-01", "lab", 100, None, "lost", bd_seq=4))
+    st = monitor.device("pi-01")
+    assert st is not None and st.state == "offline" and st.death_reason == "lost"
+
+
+def test_replayed_telemetry_is_counted_once(monitor: FleetMonitor) -> None:
+    feed(monitor, birth(session=100))
+    for n in range(3):
+        feed(monitor, tele(n + 1, n=n))
+    # Reconnect as session 200: the spool replays n=2 (its PUBACK was lost) and n=3, 4 (never
+    # delivered), then live telemetry goes on.
+    feed(monitor, birth(session=200, bd_seq=1))
+    for i, n in enumerate((2, 3, 4)):
+        feed(monitor, tele(i + 1, n=n, session=200, replayed=True))
+    feed(monitor, tele(4, n=5, session=200))
+    stats = monitor.stats()
+    assert stats["telemetry"] == 7 and stats["telemetry_unique"] == 6 and stats["duplicates"] == 1
+    assert stats["gaps"] == 0
+    st = monitor.device("pi-01")
+    assert st is not None and st.duplicates == 1 and st.telemetry == 7
+
+
+def test_late_message_of_old_session_is_still_deduplicated(monitor: FleetMonitor) -> None:
+    feed(monitor, birth(session=100))
+    feed(monitor, tele(1, n=0))
+    feed(monitor, birth(session=200, bd_seq=1))
+    feed(monitor, tele(2, n=1, session=100))  # arrives late, after the new birth
+    feed(monitor, tele(2, n=1, session=100))  # ... twice
+    stats = monitor.stats()
+    assert stats["late"] == 2 and stats["telemetry_unique"] == 2 and stats["duplicates"] == 1
+    assert monitor.device("pi-01").last_seq is None  # type: ignore[union-attr]
+
+
+def test_new_boot_numbers_are_separate(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    feed(monitor, tele(1, n=0, boot=1))
+    feed(monitor, birth(session=300, bd_seq=0))
+    feed(monitor, tele(1, n=0, boot=2, session=300))  # a restarted process counts from 0 again
+    assert monitor.stats()["telemetry_unique"] == 2 and monitor.stats()["duplicates"] == 0
+
+
+def test_seen_window_bounds() -> None:
+    w = SeenWindow()
+    assert w.add(10) == "new" and w.add(10) == "duplicate"
+    assert w.add(3) == "new" and w.add(3) == "duplicate"  # older than the first, in the window
+    assert w.add(10 + REPLAY_WINDOW + 5) == "new"  # jumps far ahead: the old bits fall out
+    assert w.add(10) == "unverifiable"
+    assert w.add(10 + REPLAY_WINDOW + 4) == "new"
+    assert w.mask.bit_length() <= REPLAY_WINDOW
+
+
+def test_boots_remembered_per_device_are_bounded(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    for boot in range(1, MAX_BOOTS_TRACKED + 3):
+        feed(monitor, tele(boot, n=0, boot=boot))
+    dev = monitor._tracker.devices[("lab", "pi-01")]
+    assert len(dev.seen) == MAX_BOOTS_TRACKED and 1 not in dev.seen
+
+
+def test_cadence_and_inference_rate_come_from_device_timestamps(monitor: FleetMonitor,
+                                                                clock: Clock) -> None:
+    feed(monitor, birth())
+    feed(monitor, tele(1, n=0, ts=1000.0, count=100))
+    feed(monitor, tele(2, n=1, ts=1002.0, count=150))  # arrives at the same monitor time
+    st = monitor.device("pi-01")
+    assert st is not None and st.interval_s == 2.0 and st.inference_rate == 25.0
+    # Silence is judged against 3 intervals (6 s), not offline_after_s (30 s).
+    clock.now += 5
+    assert monitor.device("pi-01").state == "online"  # type: ignore[union-attr]
+    clock.now += 2
+    st = monitor.device("pi-01")
+    assert st is not None and st.state == "offline" and st.death_reason is None
+    assert [a.kind for a in monitor.alerts()] == ["offline"]
+    assert "silent for 7 s (limit 6 s)" in monitor.alerts()[0].detail
+
+
+def test_share_group_turns_gap_detection_off(clock: Clock, sent: Sent) -> None:
+    m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, share_group="mon")
+    assert not m.detect_gaps
+    assert m.subscriptions() == ["edgemeta/v1/+/+/birth", "edgemeta/v1/+/+/death",
+                                 "$share/mon/edgemeta/v1/+/+/telemetry",
+                                 "$share/mon/edgemeta/v1/+/+/reply"]
+    feed(m, birth())
+    feed(m, tele(1))
+    feed(m, tele(7))  # the other monitor of the group got 2..6
+    assert m.stats()["gaps"] == 0 and sent == []
+    forced = FleetMonitor("mqtt://127.0.0.1:1", fleet_pattern="lab", share_group="mon",
+                          detect_gaps=True)
+    assert forced.detect_gaps and forced.subscriptions()[0] == "edgemeta/v1/lab/+/birth"
+
+
+def test_rebirth_can_be_switched_off(clock: Clock, sent: Sent) -> None:
+    m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, request_rebirth=False)
+    feed(m, tele(3))
+    assert sent == [] and m.stats()["gaps"] == 0
+
+
+def test_commands_on_the_namespace_are_not_decoded(monitor: FleetMonitor) -> None:
+    monitor.handle("edgemeta/v1/lab/pi-01/cmd", b"x" * 2_000_000)  # an enroll with images
+    assert monitor.error_count == 0 and monitor.message_count == 1 and monitor.snapshot() == []
+
+
+def test_host_ids_are_checked() -> None:
+    from edgemeta.errors import MessageError
+
+    with pytest.raises(MessageError, match="invalid host id 'a/b'"):
+        FleetMonitor("mqtt://127.0.0.1:1", host_id="a/b")
+    with pytest.raises(MessageError, match=r"invalid share group '\$x'"):
+        FleetMonitor("mqtt://127.0.0.1:1", share_group="$x")
+    m = FleetMonitor("mqtt://127.0.0.1:1")
+    assert m.host_id.startswith("monitor-") and json.dumps(m.status_dict())
+
+
+def test_retained_birth_resyncs_on_the_next_seq(monitor: FleetMonitor, sent: Sent) -> None:
+    # A monitor started while the device runs gets its retained birth, then live seq 41.
+    monitor.handle(topic("lab", "pi-01", "birth"), birth().to_payload(), retained=True)
+    feed(monitor, tele(41, n=40))
+    feed(monitor, tele(42, n=41))
+    assert monitor.stats()["gaps"] == 0 and sent == []
+    feed(monitor, tele(44, n=43))  # from now on gaps count again
+    assert monitor.stats()["gaps"] == 1
+
+
+def test_monitor_reconnect_resyncs_every_device(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, birth())
+    feed(monitor, tele(1))
+    monitor._tracker.resync()  # what _on_connect does on a reconnect
+    feed(monitor, tele(30))
+    assert monitor.stats()["gaps"] == 0 and sent == []
