@@ -35,7 +35,8 @@ from typing import Any
 
 import psutil
 
-from edgemeta.fleet import start_broker
+from edgemeta.fleet import free_port, start_broker
+from edgemeta.fleet.broker import MosquittoBroker
 from edgemeta.fleet.simulate import FleetSimulator, raise_fd_limit
 
 FLEET = "scale"
@@ -43,7 +44,7 @@ _DRAIN_MAX_S = 60.0  # longest wait for the monitor to catch up after the window
 _DRAIN_IDLE_S = 5.0  # ... and give up earlier when its count has not moved for this long
 
 
-def _monitor_main(url: str, pipe: Connection) -> None:
+def _monitor_main(url: str, pipe: Connection, mqtt5: bool) -> None:
     """Child process: a FleetMonitor plus a distinct-telemetry counter, driven over ``pipe``."""
     import edgemeta.fleet.monitor as monitor_mod
     from edgemeta.fleet import FleetMonitor
@@ -63,7 +64,9 @@ def _monitor_main(url: str, pipe: Connection) -> None:
     # The monitor module calls decode() by this name; patching it here counts exactly what the
     # monitor decoded, in its own process, without a second JSON parse.
     monitor_mod.decode = counting_decode
-    monitor = FleetMonitor(url, fleet_pattern=FLEET, offline_after_s=3600.0)
+    # mqtt5 only when asked, so the default is the monitor's own default (MQTT 3.1.1).
+    extra: dict[str, Any] = {"mqtt5": True} if mqtt5 else {}
+    monitor = FleetMonitor(url, fleet_pattern=FLEET, offline_after_s=3600.0, **extra)
     monitor.start()
     pipe.send("ready")
     try:
@@ -87,10 +90,10 @@ def _monitor_main(url: str, pipe: Connection) -> None:
 class MonitorProcess:
     """The monitor child process and its CPU clock."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, mqtt5: bool = False) -> None:
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited paho state
         self._pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_monitor_main, args=(url, child), daemon=True)
+        self.proc = ctx.Process(target=_monitor_main, args=(url, child, mqtt5), daemon=True)
         self.proc.start()
         if not self._pipe.poll(30.0) or self._pipe.recv() != "ready":
             self.proc.kill()
@@ -118,6 +121,19 @@ class MonitorProcess:
             self.proc.join(5.0)
 
 
+def _phase_of(log_line: str, phases: list[tuple[str, float]]) -> str:
+    """Which phase a mosquitto log line (``<unix seconds>: text``) falls in."""
+    try:
+        ts = float(log_line.split(":", 1)[0])
+    except ValueError:
+        return "?"
+    name = "before connect"
+    for phase, start in phases:
+        if ts >= int(start):  # mosquitto logs whole seconds
+            name = phase
+    return name
+
+
 def _cpu_s(p: psutil.Process) -> float:
     t = p.cpu_times()
     return t.user + t.system
@@ -136,26 +152,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=1.0, help="telemetry messages/s per device")
     ap.add_argument("--seconds", type=float, default=60.0, help="telemetry window")
+    ap.add_argument("--mqtt5", action="store_true",
+                    help="monitor over MQTT 5 (mosquitto then keeps up to 65,535 messages in "
+                    "flight to it instead of dropping beyond 20 + 1,000 queued)")
+    ap.add_argument("--max-queued", type=int, default=None,
+                    help="mosquitto's max_queued_messages (default: mosquitto's own, 1,000; "
+                    "0 = no limit)")
     args = ap.parse_args(argv)
 
     # Simulator sockets here + the same number inside mosquitto (inherits this limit).
     fd_limit = raise_fd_limit(args.devices + 256)
     print(f"date={time.strftime('%Y-%m-%dT%H:%M:%S%z')} cpus={os.cpu_count()} "
-          f"loadavg_before={'/'.join(f'{x:.2f}' for x in os.getloadavg())} fd_limit={fd_limit}")
-    with start_broker("mosquitto") as broker:
+          f"loadavg_before={'/'.join(f'{x:.2f}' for x in os.getloadavg())} fd_limit={fd_limit} "
+          f"monitor_protocol={'mqtt5' if args.mqtt5 else 'default'} "
+          f"max_queued_messages={'default' if args.max_queued is None else args.max_queued}")
+    broker = (start_broker("mosquitto") if args.max_queued is None else
+              MosquittoBroker("127.0.0.1", free_port(), max_queued_messages=args.max_queued))
+    with broker:
         mosq = _mosquitto_process()
-        monitor = MonitorProcess(broker.url)
+        monitor = MonitorProcess(broker.url, mqtt5=args.mqtt5)
         me = psutil.Process()
         try:
             sim = FleetSimulator(broker.url, devices=args.devices, rate_hz=args.rate,
                                  fleet=FLEET)
+            phases = [("connect", time.time())]
             sim.start()
             st = sim.stats
             print(f"connect: {st.connected}/{args.devices} devices in {st.connect_time_s:.2f} s, "
                   f"failures={st.connect_failures} {st.connect_errors[:3]}")
             cpu0 = (monitor.cpu_s(), _cpu_s(mosq), _cpu_s(me))
             t0 = time.monotonic()
+            phases.append(("window", time.time()))
             sim.run(args.seconds)
+            phases.append(("drain", time.time()))
             wall = time.monotonic() - t0
             cpu1 = (monitor.cpu_s(), _cpu_s(mosq), _cpu_s(me))
             monitor_pct, broker_pct, sim_pct = ((b - a) / wall * 100 for a, b in zip(cpu0, cpu1))
@@ -174,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             drain_s = time.monotonic() - t0 - wall
             rep = monitor.report()
+            phases.append(("stop", time.time()))
             sim.stop()
+            # Deaths: every graceful one should reach the monitor too (bounded wait).
+            deadline = time.monotonic() + 10.0
+            after = monitor.report()
+            while after["death"] < st.deaths_sent and time.monotonic() < deadline:
+                time.sleep(0.2)
+                after = monitor.report()
         finally:
             monitor.stop()
         # mosquitto drops QoS 1 messages for a subscriber whose queue is full
@@ -184,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     received = rep["unique"]
     print(f"simulator: {st.summary()} all_acked={acked_all}")
     print(f"monitor: decoded telemetry={rep['telemetry']} unique={received} births={rep['birth']} "
-          f"devices={rep['devices']} errors={rep['errors']} drain_s={drain_s:.1f}")
+          f"devices={rep['devices']} errors={rep['errors']} drain_s={drain_s:.1f} "
+          f"deaths={after['death']}/{st.deaths_sent}")
     print(f"mosquitto log: {len(drop_notes)} 'messages dropped' notices"
-          + (f", first: {drop_notes[0]}" if drop_notes else ""))
+          + "".join(f"; during {_phase_of(line, phases)}: {line}" for line in drop_notes[:5]))
     if "stats" in rep:
         print(f"monitor.stats(): {rep['stats']}")
     print(f"cpu over the {wall:.1f} s window (% of one core): monitor={monitor_pct:.1f} "

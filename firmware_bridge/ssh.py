@@ -2,7 +2,8 @@
 
 The transport runs the OpenSSH client (no Python SSH library), so the user's ``~/.ssh/config``,
 agent, keys and ``known_hosts`` apply exactly as for an interactive ``ssh``. It never weakens
-host-key checking: an unknown or changed host key makes the push fail before anything is sent.
+host-key checking: an unknown or changed host key makes the push fail before anything is sent,
+and a configuration that would switch checking off (options, ``~/.ssh/config``) is refused.
 
 The board needs edgemeta installed (``pip install 'edgemeta[device]'``). The transport runs::
 
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,13 +49,19 @@ DEFAULT_REMOTE_PYTHON = "python3"
 _HOST_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?$")
 _IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\$?$")
-_OPTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*[= ].+$")
-# Options that would switch host-key checking off; the user's own ssh_config may do so, but
-# edgemeta will not do it on their behalf.
-# (An empty known_hosts plus StrictHostKeyChecking=accept-new in the user's config would accept
-# any key on every push, hence /dev/null.)
-_UNSAFE_OPTIONS = {("stricthostkeychecking", "no"), ("stricthostkeychecking", "off"),
-                   ("userknownhostsfile", "/dev/null")}
+# As ssh reads "-o": a keyword, then "=" and/or whitespace, then the value (quotes removed).
+_OPTION_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(.*?)\s*$", re.DOTALL)
+# Host-key checking must stay on: only these StrictHostKeyChecking values refuse an unknown key
+# (BatchMode=yes turns "ask" into a refusal). "accept-new" would add any new board's key without
+# asking, so a spoofed first connection would be trusted from then on.
+# With checking on, known_hosts files can only narrow what is trusted; an empty user file is still
+# refused: it is the usual half of "switch checking off" (...=no plus UserKnownHostsFile=/dev/null),
+# and keys accepted by hand would never be stored. GlobalKnownHostsFile /dev/null (ignore the
+# system-wide file) is a common, safe way to make a config self-contained and is allowed.
+_SAFE_STRICT = ("yes", "true", "ask")
+_KNOWN_HOSTS_FILES = ("userknownhostsfile",)
+# ssh -G (prints the effective configuration, connects nowhere) must answer within this time.
+_CONFIG_CHECK_TIMEOUT_S = 10.0
 _HOSTKEY_MARKERS = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
                     "host key for", "No matching host key", "Host key for")
 # ssh errors raised before a session (and so before the remote command) starts.
@@ -64,6 +72,54 @@ _CONNECT_MARKERS = ("connect to host", "Could not resolve hostname", "Connection
                     "Can't open user config file", "Bad configuration option",
                     "Connection closed by", "Connection reset by")
 _NO_MODULE_RE = re.compile(r"No module named '?(firmware_bridge|edgemeta)")
+
+
+def _split_option(option: object) -> tuple[str, list[str]] | None:
+    """``"Key=Value"`` -> (lowercase key, value words) as ssh splits them; None if malformed."""
+    if not isinstance(option, str):
+        return None
+    match = _OPTION_RE.match(option)
+    if match is None:
+        return None
+    try:
+        words = shlex.split(match.group(2))
+    except ValueError:  # an unbalanced quote
+        return None
+    return (match.group(1).lower(), words) if words else None
+
+
+def _is_null_file(path: str) -> bool:
+    """True for a known_hosts path that can hold no key: empty, /dev/null (however spelled)..."""
+    if not path.strip():
+        return True
+    real = os.path.realpath(os.path.expanduser(path))
+    if real == os.path.realpath(os.devnull):
+        return True
+    try:
+        return stat.S_ISCHR(os.stat(real).st_mode)  # /dev/zero and friends
+    except OSError:
+        return False
+
+
+def _host_key_problem(key: str, words: list[str]) -> str | None:
+    """Why an ssh option (lowercase key, its words) weakens host-key checking, or None."""
+    if key == "stricthostkeychecking" and words[0].lower() not in _SAFE_STRICT:
+        if words[0].lower() == "accept-new":
+            return "accept-new trusts any board's key the first time it is seen"
+        return f"StrictHostKeyChecking {words[0]} accepts unknown or changed host keys"
+    if key == "knownhostscommand" and [w.lower() for w in words] != ["none"]:
+        return "KnownHostsCommand lets a command decide which host keys are trusted"
+    if key in _KNOWN_HOSTS_FILES:
+        for word in words:
+            if _is_null_file(word):
+                return f"{key} {word} is an empty known_hosts file (like /dev/null)"
+    return None
+
+
+def _refusal(what: str, why: str, tail: str = "") -> FlashError:
+    return FlashError(f"{what} would switch off host-key checking ({why}); edgemeta does not do "
+                      "that: add the board's key to known_hosts (ssh-keyscan, then check its "
+                      f"fingerprint, or ssh to the board once){tail}")
 
 
 def _quote_remote_python(python: str) -> str:
@@ -192,14 +248,17 @@ class SSHTransport:
             raise FlashError("ssh timeouts must be positive numbers of seconds")
         options = tuple(self.ssh_options)
         for option in options:
-            if not isinstance(option, str) or not _OPTION_RE.match(option.strip()):
+            parsed = _split_option(option)
+            if parsed is None:
                 raise FlashError(f"ssh option {option!r} is not of the form Key=Value "
                                  "(e.g. IdentitiesOnly=yes)")
-            key, _, value = option.strip().replace(" ", "=", 1).partition("=")
-            if (key.lower(), value.strip().lower()) in _UNSAFE_OPTIONS:
-                raise FlashError(f"ssh option {option!r} would switch off host-key checking; "
-                                 "edgemeta does not do that: add the board's key to known_hosts")
+            why = _host_key_problem(*parsed)
+            if why is not None:
+                raise _refusal(f"ssh option {option!r}", why)
         object.__setattr__(self, "ssh_options", options)
+        if self.known_hosts is not None and _is_null_file(str(self.known_hosts)):
+            raise _refusal(f"known_hosts {str(self.known_hosts)!r}",
+                           "it is empty or /dev/null, so no key can match")
         for name in ("ssh_config", "identity_file", "known_hosts"):
             value = getattr(self, name)
             if value is not None:
@@ -330,7 +389,53 @@ class SSHTransport:
         reply = self._run("status", [])
         return {"current": reply.get("current"), "installed": list(reply.get("installed") or [])}
 
+    def check_host_key_checking(self) -> None:
+        """Ask ssh itself (``ssh -G``, which connects nowhere) whether host keys will be checked.
+
+        The options given here are checked when the transport is made; this also covers
+        ``~/.ssh/config``, an ``-F`` file, their ``Include``s and ``Match`` blocks, exactly as the
+        real command line will see them.
+
+        Raises:
+            FlashError: the effective configuration would accept an unknown or changed host key,
+                or ssh cannot print its configuration in time; nothing was sent.
+        """
+        argv = self.command("status")
+        probe = [argv[0], "-G", *argv[1:argv.index("--")], "--", self.destination]
+        where = f"board {self.destination}"
+        limit = min(_CONFIG_CHECK_TIMEOUT_S, self.timeout)
+        try:
+            proc = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=limit, check=False)
+        except FileNotFoundError:
+            raise FlashError(f"cannot run the OpenSSH client {self.ssh_binary!r}: not found; "
+                             "install it (apt-get install openssh-client)") from None
+        except subprocess.TimeoutExpired:
+            raise FlashError(f"{where}: 'ssh -G' did not print its configuration within "
+                             f"{limit:g} s, so host-key checking cannot be confirmed (a slow "
+                             "'Match exec' in ssh_config?); nothing was changed") from None
+        if proc.returncode != 0:
+            lines = _stderr_lines(proc.stderr)
+            last = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise FlashError(f"{where}: ssh cannot read its configuration ({last}); nothing was "
+                             "changed")
+        config: dict[str, list[str]] = {}
+        for line in proc.stdout.decode("utf-8", "replace").splitlines():
+            key, _, value = line.strip().partition(" ")
+            config.setdefault(key.lower(), value.split())
+        strict = config.get("stricthostkeychecking")
+        why = (_host_key_problem("stricthostkeychecking", strict) if strict
+               else "ssh -G reported no StrictHostKeyChecking")
+        for key in ("knownhostscommand", *_KNOWN_HOSTS_FILES):
+            if why is None and config.get(key):
+                why = _host_key_problem(key, config[key])
+        if why is not None:
+            raise _refusal(f"the ssh configuration in effect for {where} (ssh -G: the options, "
+                           f"{self.ssh_config or '~/.ssh/config'} and the system ssh_config)",
+                           why, "; nothing was changed")
+
     def _run(self, action: str, args: list[str], stdin: Any = subprocess.DEVNULL) -> dict[str, Any]:
+        self.check_host_key_checking()
         argv = self.command(action, *args)
         try:
             proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=self.timeout,

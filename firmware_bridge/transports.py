@@ -27,7 +27,8 @@ __all__ = ["DirTransport", "SSHTransport", "Transport", "flash", "supported_sche
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
 _PLANNED: dict[str, str] = {}
 _FORMS = {"dir": "dir:PATH", "ssh": "ssh://USER@HOST[:PORT]/PATH",
-          "mqtt": "mqtt://BROKER[:PORT]/[FLEET/]DEVICE"}
+          "mqtt": "mqtt://BROKER[:PORT]/[FLEET/]DEVICE",
+          "mqtts": "mqtts://BROKER[:PORT]/[FLEET/]DEVICE?ca=CA.pem"}
 
 
 def _mqtt_transport(url: str) -> "Transport":
@@ -104,7 +105,8 @@ class DirTransport:
 
 _FACTORIES: dict[str, Callable[[str], Transport]] = {"dir": DirTransport.from_url,
                                                       "ssh": SSHTransport.from_url,
-                                                      "mqtt": _mqtt_transport}
+                                                      "mqtt": _mqtt_transport,
+                                                      "mqtts": _mqtt_transport}
 
 
 def supported_schemes() -> list[str]:

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgemeta import __version__
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
 from edgemeta.agent.commands import CommandHandler
 from edgemeta.agent.stats import AccuracyCounter, LatencyWindow
-from edgemeta.runtime.classifier import FewShotClassifier
 from firmware_bridge.boot import start_classifier
 from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
 
@@ -280,7 +278,7 @@ class DeviceAgent:
             return
         a = self._reporter_args
         ota = BoardOta(a["broker_url"], self.home, self.device_id, a["fleet"],
-                       on_installed=self._on_ota_installed)
+                       on_installed=self._on_ota_installed, install=self._install_locked)
         try:
             ota.start()
         except FleetError as exc:
@@ -288,13 +286,47 @@ class DeviceAgent:
             return
         self.ota = ota
 
-    def _on_ota_installed(self, result) -> None:
-        """After an over-the-air install: run the new model and tell the fleet (new birth)."""
-        from edgemeta.errors import FleetError
+    def _install_locked(self, path, home, **options):
+        """Install under the agent's lock and switch to the new model before releasing it.
+
+        The inbox loop and remote commands take the same lock, so nothing is enrolled between
+        the install reading the learned classes (to re-learn them) and the agent running the
+        new model: no class can end up only in the old model's state.
+        """
+        from firmware_bridge.install import install_bundle
 
         with self._lock:
-            self.classifier = FewShotClassifier.load(self.home.root, backend=self._backend,
-                                                     num_threads=self._num_threads)
+            result = install_bundle(path, home, **options)
+            if result.changed:
+                self._reload()
+            return result
+
+    def _reload(self) -> None:
+        """Run the model the board home now names (called with the lock held)."""
+        started = start_classifier(self.home, backend=self._backend,
+                                   num_threads=self._num_threads)
+        self.classifier = started.classifier
+        if started.rolled_back:
+            log.error("%s", started.rolled_back)
+
+    def _follow_current(self) -> bool:
+        """Pick up a model installed or rolled back by another process (dir:, ssh, CLI)."""
+        try:
+            version = self.home.current_version()
+        except EdgemetaError:
+            return False  # a damaged pointer: keep running the loaded model
+        if version is None or version == self.classifier.manifest.version:
+            return False
+        with self._lock:
+            self._reload()
+        log.warning("now running %s (the board home's current version changed)",
+                    self.classifier.manifest.version)
+        return True
+
+    def _on_ota_installed(self, result) -> None:
+        """After an over-the-air install (already running the new model): tell the fleet."""
+        from edgemeta.errors import FleetError
+
         log.warning("now running %s (installed over the air; previous %s)", result.version,
                     result.previous_version)
         if self.reporter is not None and self._reporting:
@@ -303,12 +335,22 @@ class DeviceAgent:
             except FleetError as exc:  # the next reconnect's birth carries it anyway
                 log.warning("birth after the update not acknowledged: %s", exc)
 
+    def _publish_birth_quietly(self) -> None:
+        from edgemeta.errors import FleetError
+
+        try:
+            self.reporter.publish_birth()
+        except FleetError as exc:  # the next reconnect's birth carries it anyway
+            log.warning("birth after the model change not acknowledged: %s", exc)
+
     def run(self, *, poll_s: float = 1.0, duration_s: float | None = None, once: bool = False) -> None:
         """Report, process the inbox, and keep polling until :meth:`stop`, the duration, or ``once``."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         self._report(now=False)
         try:
             while True:
+                if self._follow_current() and self.reporter is not None and self._reporting:
+                    self._publish_birth_quietly()
                 report = self.process_inbox()
                 self._report(now=bool(report.enrolled or report.classified or report.failed))
                 if once or self._stop.is_set():

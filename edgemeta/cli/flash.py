@@ -38,8 +38,9 @@ def _flash_mqtt(bundle: str, url: str, board: str | None, *, device: str | None,
                 max_failures: int, parallel: int, timeout: float,
                 allow_downgrade: bool = False) -> None:
     """``flash --to mqtt://...``: one device (--device) or a canary-first roll-out (--fleet)."""
-    if not url.lower().startswith("mqtt://"):
-        raise click.UsageError("--device, --fleet-name and --fleet apply only to mqtt:// targets")
+    if not url.lower().startswith(("mqtt://", "mqtts://")):
+        raise click.UsageError("--device, --fleet-name and --fleet apply only to mqtt:// and "
+                               "mqtts:// targets")
     if device and fleet_pattern:
         raise click.UsageError("give --device ID (one board) or --fleet PATTERN (a roll-out), "
                                "not both")
@@ -161,7 +162,7 @@ def flash(bundle: str, url: str, board: str | None, allow_downgrade: bool,
           ssh_config: str | None, ssh_options: tuple[str, ...], remote_python: str | None,
           **ota: Any) -> None:
     """Install a bundle on a board: verified, switched atomically, previous version kept."""
-    if url.lower().startswith("mqtt:") or ota["device"] or ota["fleet_pattern"] \
+    if url.lower().startswith(("mqtt:", "mqtts:")) or ota["device"] or ota["fleet_pattern"] \
             or ota["fleet_name"]:
         return _flash_mqtt(bundle, url, board, allow_downgrade=allow_downgrade, **ota)
     if board is not None:  # a microcontroller gets the model via 'edgemeta export c' instead

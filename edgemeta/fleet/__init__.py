@@ -4,6 +4,7 @@ Board-side code: imports neither TensorFlow nor amqtt (the embedded broker loads
 See docs/telemetry.md for topics, payloads and the birth/death lifecycle.
 """
 
+from edgemeta.fleet.alerts import Alert, AlertConfig
 from edgemeta.fleet.broker import Broker, MosquittoSecurity, free_port, start_broker
 from edgemeta.fleet.monitor import DeviceState, FleetMonitor
 from edgemeta.fleet.reporter import DeviceReporter, DeviceStatus
@@ -30,6 +31,8 @@ from edgemeta.fleet.schema import (
 from edgemeta.fleet.view import render_table, watch
 
 __all__ = [
+    "Alert",
+    "AlertConfig",
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "Command",

@@ -2,7 +2,8 @@
 
 A record is the JSON of a message without ``session`` and ``seq``: those belong to the
 connection that finally sends it, so they are stamped at send time (see
-:meth:`DeviceReporter._publish_record`). ``boot``, ``n`` and ``ts`` are kept from when the
+:meth:`DeviceReporter._publish_record`; live-or-queue and replay are in
+:mod:`edgemeta.fleet._reporter_replay`). ``boot``, ``n`` and ``ts`` are kept from when the
 message was composed, which is what lets the monitor count replayed telemetry exactly once.
 """
 
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from typing import Any
-
-import paho.mqtt.client as mqtt
 
 from edgemeta.errors import MessageError
 from edgemeta.fleet.spool import MemoryQueue, Spool
@@ -71,15 +69,6 @@ class Outbox:
     def append(self, record: bytes) -> int:
         """Queue one record; returns how many telemetry messages of this boot were dropped."""
         return sum(self._is_own_telemetry(d) for d in self.queue.append(record))
-
-    def requeue_unacked(self, unacked: deque[tuple[mqtt.MQTTMessageInfo, bytes]]) -> int:
-        """Queue the live messages the broker did not acknowledge; returns drops as above."""
-        dropped = 0
-        while unacked:
-            info, record = unacked.popleft()
-            if not info.is_published():
-                dropped += self.append(record)
-        return dropped
 
     def close(self) -> None:
         """Release the spool (its lock and open file)."""

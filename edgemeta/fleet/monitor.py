@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
@@ -43,7 +43,7 @@ from edgemeta.fleet.schema import (
 from edgemeta.fleet.tracker import DeviceState, FleetTracker
 from edgemeta.fleet.view import render_table, watch
 
-__all__ = ["DeviceState", "FleetMonitor", "MAX_ERRORS", "render_table", "watch"]
+__all__ = ["MAX_ERRORS", "DeviceState", "FleetMonitor", "render_table", "watch"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ _TRACKED = frozenset(("birth", "telemetry", "death", "reply"))
 _SHARED_KINDS = ("telemetry", "reply")
 _DIRECT_KINDS = ("birth", "death")
 _WAIT_PUBACK_S = 5.0
-_Tracked = Union[Birth, Telemetry, Death, Reply]
+_Tracked = Birth | Telemetry | Death | Reply
 
 
 class FleetMonitor(StartStop):
@@ -233,7 +233,7 @@ class FleetMonitor(StartStop):
                     rebirth = (parts.fleet, parts.device_id, why)
         except MessageError as exc:
             error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - the monitor must survive anything on the wire
+        except Exception as exc:  # the monitor must survive anything on the wire
             log.exception("unexpected error handling %s", topic_name)
             error = f"internal error: {exc!r}"
         with self._cond:
@@ -253,7 +253,7 @@ class FleetMonitor(StartStop):
         log.info("asking %s/%s to re-publish its birth: %s", fleet, device, why)
         try:
             self._publish(topic(fleet, device, "cmd"), cmd.to_payload())
-        except Exception:  # noqa: BLE001 - a failed request is retried on the next gap
+        except Exception:  # a failed request is retried on the next gap
             log.warning("rebirth request to %s/%s not sent", fleet, device, exc_info=True)
 
     def _mqtt_publish(self, topic_name: str, payload: bytes) -> None:

@@ -13,9 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,9 +24,12 @@ from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet._reporter_commands import CommandHandler, CommandWorker
-from edgemeta.fleet._reporter_outbox import Outbox, decode_record, encode_record
+from edgemeta.fleet._reporter_link import LinkEvents
+from edgemeta.fleet._reporter_outbox import Outbox
+from edgemeta.fleet._reporter_replay import REQUEUED, ROUTES, Sender
+from edgemeta.fleet._reporter_status import DeviceStatus, StatusSource
 from edgemeta.fleet.schema import (
-    HOST_ROOT, Birth, Command, Death, Reply, Telemetry, decode_host_state, topic, validate_id,
+    Birth, Command, Death, Reply, Telemetry, topic, validate_id,
 )
 from edgemeta.fleet.spool import DEFAULT_MAX_BYTES, MemoryQueue, Spool
 
@@ -39,43 +40,11 @@ log = logging.getLogger(__name__)
 # Payloads are capped at 64 KiB; a board with thousands of classes must still report. The first
 # MAX_LABELS_SENT labels are sent; n_classes stays exact.
 MAX_LABELS_SENT = 256
-# Spooled records sent per replay step before waiting for their PUBACKs: enough to keep the link
-# busy, few enough that a disconnect mid-step re-sends little.
-REPLAY_BATCH = 32
-# A replay step whose PUBACKs do not all arrive in this time is sent again (de-duplicated).
-_REPLAY_ACK_TIMEOUT_S = 30.0
+# Called with each composed telemetry message and its route (see _reporter_replay).
+TelemetryHook = Callable[[Telemetry, str], None]
 
 
-@dataclass(frozen=True)
-class DeviceStatus:
-    """What the agent knows about its model and inferences; the reporter adds the rest.
-
-    Attributes:
-        model_version: Bundle version, or None when no model is loaded.
-        model_sha256: Model digest, or None.
-        labels: Enrolled class labels (any sequence; stored as a tuple).
-        inference_count: Inferences since the agent started.
-        latency_p50_ms: Median latency, None before any inference.
-        latency_p95_ms: 95th percentile latency, None before any inference.
-        accuracy: Few-shot accuracy on labelled images in [0, 1], None when unknown.
-        evaluated: How many labelled images ``accuracy`` is over.
-    """
-
-    model_version: str | None = None
-    model_sha256: str | None = None
-    labels: Sequence[str] = ()
-    inference_count: int = 0
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    accuracy: float | None = None
-    evaluated: int = 0
-
-    def __post_init__(self) -> None:
-        # A tuple keeps the frozen dataclass really immutable even if the agent passes its list.
-        object.__setattr__(self, "labels", tuple(self.labels))
-
-
-class DeviceReporter(StartStop):
+class DeviceReporter(LinkEvents, StartStop):
     """Publishes one device's birth, telemetry every ``interval_s``, replies and death.
 
     The Last Will (``Death(reason="lost")``, retained, QoS 1, with this connection's ``bd_seq``)
@@ -102,6 +71,16 @@ class DeviceReporter(StartStop):
         command_handler: Carries out commands other than ``rebirth`` and ``report``: called with
             the :class:`Command` on a worker thread, returns ``(ok, result, error)``. None answers
             every such command with ``ok: false``.
+        wait_for_monitor: Sparkplug's rule for edge nodes: after each connect, publish the
+            birth (and replay) only once a monitor's retained host state says ``online``, so a
+            restarted broker gets the replay only when someone is listening. Default False:
+            publish at once.
+        on_telemetry: Called with every telemetry message composed and its route: ``"live"``
+            (handed to paho), ``"offline"`` (queued while not online), ``"behind"`` (queued
+            while online behind older records), and once more with ``"requeued"`` when a live
+            message is put back in the queue because the link dropped before its PUBACK. Called
+            without the reporter's lock, on the composing thread or paho's; must be quick and
+            must not raise (exceptions are logged). For exact accounting in tests/benchmarks.
 
     Raises:
         FleetError: On a bad broker URL, bad interval/keepalive/bounds, or a spool directory
@@ -126,6 +105,8 @@ class DeviceReporter(StartStop):
         spool_max_records: int | None = None,
         spool_fsync: bool = True,
         command_handler: CommandHandler | None = None,
+        wait_for_monitor: bool = False,
+        on_telemetry: TelemetryHook | None = None,
     ) -> None:
         self._url = broker_url
         self._addr = _mqtt.parse_broker_url(broker_url)  # fail at construction, not in a thread
@@ -139,10 +120,12 @@ class DeviceReporter(StartStop):
         self._interval_s = float(interval_s)
         self._keepalive_s = keepalive_s
         self._connect_timeout_s = float(connect_timeout_s)
-        self._status = status if status is not None else DeviceStatus
+        self._status = StatusSource(status, self._device_id)
         self._board = board
         self._backend = backend
         self._handler = command_handler
+        self._wait_for_monitor = bool(wait_for_monitor)
+        self._on_telemetry = on_telemetry
         # Milliseconds since the epoch: a restarted process always gets a larger session. Each
         # reconnect takes a larger one too (see _on_disconnect).
         self._session = int(time.time() * 1000)
@@ -157,9 +140,6 @@ class DeviceReporter(StartStop):
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._online = False  # a birth was published on the current connection
-        self._conn_gen = 0  # +1 per connect and per disconnect: tells a replay its link is gone
-        self._unacked_live: deque[tuple[mqtt.MQTTMessageInfo, bytes]] = deque()
-        self._dropped = 0  # telemetry of this boot dropped from the full queue
         self._hosts: dict[str, bool] = {}
         self._stop_event = threading.Event()
         self._wake = threading.Event()
@@ -167,7 +147,6 @@ class DeviceReporter(StartStop):
         self._state = "new"  # new -> started -> stopped; one-shot on purpose
         self._t0 = time.monotonic()
         self._process = psutil.Process()
-        self._last_status = DeviceStatus()
         self._waiter = _mqtt.ConnectWaiter()
         self._birth_info: mqtt.MQTTMessageInfo | None = None
 
@@ -175,6 +154,9 @@ class DeviceReporter(StartStop):
             Spool(spool, spool_max_bytes, spool_max_records, fsync=spool_fsync)
             if spool is not None else MemoryQueue(spool_max_bytes, spool_max_records))
         self._outbox = Outbox(queue, self._boot)
+        # Live or queued, live messages awaiting PUBACK, replay batches, the drop count.
+        self._sender = Sender(self._outbox, self._lock, self._publish_record,
+                              lambda: self._online, self._device_id)
         self._commands = CommandWorker(self._dispatch, self._send_reply,
                                        name=f"edgemeta-cmd-{self._device_id}")
         self._client = _mqtt.new_client(f"edgemeta-{self._fleet}-{self._device_id}")
@@ -222,7 +204,7 @@ class DeviceReporter(StartStop):
     @property
     def dropped(self) -> int:
         """Telemetry messages of this boot dropped from the full queue (exact)."""
-        return self._dropped
+        return self._sender.dropped
 
     @property
     def queued(self) -> int:
@@ -263,9 +245,10 @@ class DeviceReporter(StartStop):
         if wait and info is not None:
             self._wait(info, self._connect_timeout_s, "birth")
         self._commands.start()
-        for target, name in ((self._run_timer, "telemetry"), (self._run_sender, "replay")):
-            t = threading.Thread(target=target, name=f"edgemeta-{name}-{self._device_id}",
-                                 daemon=True)
+        for target, name, args in ((self._run_timer, "telemetry", ()),
+                                   (self._sender.run, "replay", (self._stop_event, self._wake))):
+            t = threading.Thread(target=target, args=args,
+                                 name=f"edgemeta-{name}-{self._device_id}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -310,7 +293,7 @@ class DeviceReporter(StartStop):
         """
         if self._state != "started":
             raise FleetError(f"reporter is {self._state}: call start() before publish_birth()")
-        st = self._current_status()
+        st = self._status.read()
         with self._lock:
             if not self._online:
                 raise FleetError(f"{self._device_id} is not connected to {self._shown_url}: the "
@@ -352,9 +335,11 @@ class DeviceReporter(StartStop):
                         "the broker's Last Will reports it as lost", self._device_id)
         with self._lock:
             self._online = False
+            self._sender.settle_batch_locked()
             # PUBACKs come in order: what is unacknowledged now was not delivered; keep it.
-            self._dropped += self._outbox.requeue_unacked(self._unacked_live)
+            requeued = self._sender.requeue_unacked_locked()
             left = len(self._outbox.queue)
+        self._tell_requeued(requeued)
         # A clean DISCONNECT makes the broker discard the Last Will, so "lost" is not sent too.
         self._client.disconnect()
         self._client.loop_stop()
@@ -368,27 +353,6 @@ class DeviceReporter(StartStop):
 
     def _topic(self, kind: str) -> str:
         return topic(self._fleet, self._device_id, kind)
-
-    def _set_will(self) -> None:
-        # paho sends the Will with the next CONNECT, so this must run before each (re)connect.
-        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost",
-                     bd_seq=self._bd_seq)
-        self._client.will_set(self._topic("death"), will.to_payload(), qos=1, retain=True)
-
-    def _current_status(self) -> DeviceStatus:
-        """Ask the agent for its status; a broken callback must not kill the reporter."""
-        try:
-            st = self._status()
-        except Exception:  # noqa: BLE001 - agent code; report with the last good status
-            log.warning("status callback of %s failed; reusing the last status",
-                        self._device_id, exc_info=True)
-            return self._last_status
-        if not isinstance(st, DeviceStatus):
-            log.warning("status callback of %s returned %s, expected DeviceStatus; "
-                        "reusing the last status", self._device_id, type(st).__name__)
-            return self._last_status
-        self._last_status = st
-        return st
 
     def _next_seq(self) -> int:
         # Called with self._lock held.
@@ -409,7 +373,7 @@ class DeviceReporter(StartStop):
 
     def _emit_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo | None]:
         """Compose one telemetry message; send it live or queue it. Returns it and its info."""
-        st = self._current_status()
+        st = self._status.read()
         rss = self._process.memory_info().rss
         with self._lock:
             # Validated now, with placeholder session/seq: a bad status must fail here, not
@@ -421,29 +385,34 @@ class DeviceReporter(StartStop):
                 n_classes=len(st.labels), inference_count=st.inference_count,
                 latency_p50_ms=st.latency_p50_ms, latency_p95_ms=st.latency_p95_ms,
                 rss_bytes=rss, accuracy=st.accuracy, evaluated=st.evaluated, boot=self._boot,
-                n=self._n, dropped=self._dropped,
+                n=self._n, dropped=self._sender.dropped,
             )
             self._n += 1
-            sent, info = self._emit_locked("telemetry", msg.to_dict())
+            sent, info, route = self._sender.emit_locked("telemetry", msg.to_dict())
         if info is None:
             self._wake.set()
-        return sent or msg, info
+        out = sent if isinstance(sent, Telemetry) else msg
+        self._tell(out, route)
+        return out, info
 
-    def _emit_locked(self, kind: str, fields: dict[str, Any]
-                     ) -> tuple[Any, mqtt.MQTTMessageInfo | None]:
-        """Send live when connected with nothing queued, else queue (order is kept)."""
-        while self._unacked_live and self._unacked_live[0][0].is_published():
-            self._unacked_live.popleft()  # PUBACKs arrive in order
-        record = encode_record(kind, fields)
-        if self._online and len(self._outbox.queue) == 0:
-            msg, info = self._publish_record(kind, fields, replayed=False)
-            self._unacked_live.append((info, record))
-            return msg, info
-        self._dropped += self._outbox.append(record)
-        return None, None
+    def _tell(self, msg: Telemetry, route: str) -> None:
+        """Report one telemetry message's route to the ``on_telemetry`` hook (lock not held)."""
+        assert route in ROUTES
+        if self._on_telemetry is None:
+            return
+        try:
+            self._on_telemetry(msg, route)
+        except Exception:  # noqa: BLE001 - caller's hook must not break sending
+            log.warning("on_telemetry hook of %s failed", self._device_id, exc_info=True)
+
+    def _tell_requeued(self, requeued: list[Telemetry | Reply]) -> None:
+        for m in requeued:
+            if isinstance(m, Telemetry):
+                self._tell(m, REQUEUED)
 
     def _publish_record(self, kind: str, fields: dict[str, Any], replayed: bool
                         ) -> tuple[Telemetry | Reply, mqtt.MQTTMessageInfo]:
+        # Called with self._lock held (by the Sender).
         """Stamp session and the next seq on a queued/live message and hand it to paho."""
         fields = {k: v for k, v in fields.items() if k != "schema"}
         fields.update(session=self.session, seq=self._next_seq())
@@ -462,7 +431,7 @@ class DeviceReporter(StartStop):
             reply = Reply(cid, self._device_id, self._fleet, 0, 0, time.time(), False, None,
                           f"the result could not be sent: {exc}")
         with self._lock:
-            _, info = self._emit_locked("reply", reply.to_dict())
+            _, info, _ = self._sender.emit_locked("reply", reply.to_dict())
         if info is None:
             self._wake.set()
 
@@ -508,126 +477,3 @@ class DeviceReporter(StartStop):
             except MessageError:
                 log.warning("telemetry of %s not sent: status has invalid values",
                             self._device_id, exc_info=True)
-
-    def _run_sender(self) -> None:
-        """Replay the queue whenever connected: one batch, wait for its PUBACKs, acknowledge."""
-        while not self._stop_event.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            while not self._stop_event.is_set() and self._replay_batch():
-                pass
-
-    def _replay_batch(self) -> bool:
-        """Send one batch from the queue; True if another batch may follow at once."""
-        with self._lock:
-            if not self._online or self._outbox.queue.waiting == 0:
-                return False
-            gen = self._conn_gen
-            infos: list[mqtt.MQTTMessageInfo | None] = []
-            for _, data in self._outbox.queue.peek(REPLAY_BATCH):
-                try:
-                    kind, fields = decode_record(data)
-                    infos.append(self._publish_record(kind, fields, replayed=True)[1])
-                except (MessageError, TypeError, ValueError) as exc:
-                    # Written by another edgemeta version, or damaged: not sendable, ever.
-                    log.warning("spooled record of %s not sendable (%s): discarded",
-                                self._device_id, exc)
-                    infos.append(None)
-        acked = self._wait_batch(infos, gen)
-        with self._lock:
-            self._outbox.queue.ack(acked)
-            if acked < len(infos):
-                self._outbox.queue.release()  # re-sent after the next connect
-                return False
-        return True
-
-    def _wait_batch(self, infos: list[mqtt.MQTTMessageInfo | None], gen: int) -> int:
-        """How many leading messages of a batch were acknowledged before the link changed."""
-        deadline = time.monotonic() + _REPLAY_ACK_TIMEOUT_S
-        for i, info in enumerate(infos):
-            while info is not None and not info.is_published():
-                if gen != self._conn_gen or self._stop_event.is_set() \
-                        or time.monotonic() > deadline:
-                    return i
-                info.wait_for_publish(0.05) if info.rc == mqtt.MQTT_ERR_SUCCESS \
-                    else time.sleep(0.05)
-        return len(infos)
-
-    # --- paho callbacks (network thread) --------------------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                    properties: Any) -> None:
-        if not reason_code.is_failure:
-            # paho would re-send the previous connection's unacknowledged messages with their old
-            # session and seq; they were put back in our queue and get fresh ones instead.
-            client.drop_out_messages()
-            st = self._current_status()
-            with self._lock:
-                self._conn_gen += 1
-                try:
-                    # Published without waiting: waiting here would block the loop that has to
-                    # read the PUBACK.
-                    _, self._birth_info = self._publish_birth_locked(st)
-                except MessageError:
-                    log.warning("birth of %s not sent: status has invalid values",
-                                self._device_id, exc_info=True)
-                self._online = True
-                reconnect = self._state == "started"
-            client.subscribe([(self._topic("cmd"), 1), (f"{HOST_ROOT}/+", 1)])
-            if reconnect:
-                try:
-                    self._emit_telemetry()  # queued behind any replay: fresh metrics come last
-                except MessageError:
-                    log.warning("telemetry of %s not sent: status has invalid values",
-                                self._device_id, exc_info=True)
-            self._wake.set()
-        self._waiter.on_connect(reason_code)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any) -> None:
-        with self._lock:
-            if self._state != "started":
-                return  # our own stop(), or a failed first connect
-            was_online = self._online
-            self._online = False
-            self._conn_gen += 1
-            # Live messages without PUBACK go back in the queue, in order, ahead of anything
-            # queued later; the reconnect re-sends them with fresh seq.
-            self._dropped += self._outbox.requeue_unacked(self._unacked_live)
-            # The broker may already have published this connection's Will ("lost", session S).
-            # The next connection gets a larger session, the next bd_seq and its own Will.
-            with self._session_lock:
-                if was_online:
-                    self._session = max(self._session + 1, int(time.time() * 1000))
-                    self._bd_seq = (self._bd_seq + 1) % 256
-                    self._set_will()
-                session = self._session
-        if was_online:
-            log.warning("reporter %s lost its broker connection (%s); queueing telemetry and "
-                        "reconnecting as session %d", self._device_id, reason_code, session)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self._topic("cmd"):
-            self._commands.submit(message.payload)
-            return
-        if message.topic.startswith(HOST_ROOT + "/"):
-            self._on_host_state(message.topic, message.payload)
-
-    def _on_host_state(self, topic_name: str, payload: bytes) -> None:
-        if not payload:
-            with self._lock:  # a cleared retained message: that host is gone
-                self._hosts.pop(topic_name[len(HOST_ROOT) + 1:], None)
-            return
-        try:
-            state = decode_host_state(topic_name, payload)
-        except MessageError as exc:
-            log.warning("ignoring host state on %s: %s", topic_name, exc)
-            return
-        with self._lock:
-            before = any(self._hosts.values())
-            self._hosts[state.host_id] = state.online
-            after = any(self._hosts.values())
-        if before != after:
-            log.warning("%s: %s", self._device_id, "a monitor is listening" if after
-                        else "no monitor is listening (telemetry is still published)")
-

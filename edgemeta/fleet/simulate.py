@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import resource
-import selectors
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +26,11 @@ import paho.mqtt.client as mqtt
 from edgemeta.errors import FleetError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
+from edgemeta.fleet._selectloop import SelectLoop
 from edgemeta.fleet._simdevice import SimDevice
 from edgemeta.fleet.schema import validate_id
 
-__all__ = ["FleetSimulator", "SimulationStats", "SimDevice", "raise_fd_limit"]
+__all__ = ["FleetSimulator", "SimDevice", "SimulationStats", "raise_fd_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,6 @@ class _Conn:
     topic_birth: str
     topic_death: str
     state: str = "new"  # new -> connecting -> up -> (lost | closed) | failed
-    write_armed: bool = False
     birth_mid: int | None = None
     death_mid: int | None = None
     death_acked: bool = False
@@ -199,6 +197,7 @@ class FleetSimulator(StartStop):
                                    else float(connect_timeout_s))
         boot_ms = int(time.time() * 1000)
         self._conns: list[_Conn] = []
+        self._loop = SelectLoop(misc_period_s=_MISC_PERIOD_S)
         for i in range(devices):
             dev = SimDevice(f"{prefix}-{i:05d}", fleet, boot_ms=boot_ms, seed=seed + i)
             client = _mqtt.new_client(f"edgemeta-{fleet}-{dev.device_id}")
@@ -210,16 +209,9 @@ class FleetSimulator(StartStop):
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_publish = self._on_publish
-            client.on_socket_open = self._on_socket_open
-            client.on_socket_close = self._on_socket_close
-            client.on_socket_register_write = self._on_register_write
-            client.on_socket_unregister_write = self._on_unregister_write
+            self._loop.attach(client)
             self._conns.append(conn)
         self.stats = SimulationStats(devices=devices)
-        self._sel = selectors.DefaultSelector()
-        self._pending_write: set[_Conn] = set()
-        self._misc_cursor = 0
-        self._misc_at: float | None = None
         self._state = "new"  # new -> started -> stopped
 
     # --- public API -----------------------------------------------------------------------------
@@ -263,20 +255,23 @@ class FleetSimulator(StartStop):
         deadline = t0 + self._connect_timeout_s
         st = self.stats
         started = 0
-        while st.connected + st.connect_failures < len(self._conns) and time.monotonic() < deadline:
+        total = len(self._conns)
+        while st.connected + st.connect_failures < total and time.monotonic() < deadline:
             # Start more handshakes only while few are outstanding (see _MAX_CONNECTING).
             connecting = started - st.connected - st.connect_failures
-            batch = min(_CONNECTS_PER_TICK, _MAX_CONNECTING - connecting, len(self._conns) - started)
+            batch = min(_CONNECTS_PER_TICK, _MAX_CONNECTING - connecting, total - started)
             for conn in self._conns[started:started + max(0, batch)]:
                 self._connect(conn)
             started += max(0, batch)
-            self._poll(_TICK_S)
+            self._loop.poll(_TICK_S)
         for conn in self._conns:
             if conn.state in ("new", "connecting"):
                 self._fail(conn, f"no CONNACK within {self._connect_timeout_s:g} s")
-                self._drop(conn)
+                self._loop.drop(conn.client)
         self.stats.connect_time_s = time.monotonic() - t0
         if self.stats.connected == 0:
+            self._state = "stopped"
+            self._loop.close()
             raise FleetError(
                 f"none of {len(self._conns)} simulated devices could connect to {self._url}: "
                 f"{'; '.join(self.stats.connect_errors) or 'no reason recorded'}"
@@ -312,10 +307,10 @@ class FleetSimulator(StartStop):
                     self._publish_telemetry(self._conns[tick % n], now - (t0 + tick * step))
                     tick += 1
                     budget -= 1
-                self._flush()
+                self._loop.flush()
                 wait = 0.0 if budget == 0 else min(_TICK_S, max(0.0, t0 + tick * step - now))
-                self._poll(wait)
-                self._misc(now)
+                self._loop.poll(wait)
+                self._loop.misc(now)
         except KeyboardInterrupt:
             end = time.monotonic()  # Ctrl-C ends the window; stop() still runs the deaths
         finally:
@@ -333,9 +328,9 @@ class FleetSimulator(StartStop):
         """
         deadline = time.monotonic() + timeout_s
         while self.stats.backlog > 0 and time.monotonic() < deadline:
-            self._flush()
-            self._poll(_TICK_S)
-            self._misc(time.monotonic())
+            self._loop.flush()
+            self._loop.poll(_TICK_S)
+            self._loop.misc(time.monotonic())
         return self.stats.backlog == 0
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -357,19 +352,17 @@ class FleetSimulator(StartStop):
         deadline = time.monotonic() + timeout_s
         while (any(not c.death_acked for c in up if c.state == "up")
                and time.monotonic() < deadline):
-            self._flush()
-            self._poll(_TICK_S)
+            self._loop.flush()
+            self._loop.poll(_TICK_S)
         # A clean DISCONNECT makes the broker drop the Last Will, as for a real reporter.
         for conn in self._conns:
             if conn.state == "up":
                 conn.state = "closed"
                 conn.client.disconnect()
-        while self._sel.get_map() and time.monotonic() < deadline:
-            self._flush()
-            self._poll(_TICK_S)
-        for conn in self._conns:
-            self._drop(conn)  # bounded stop: abandon whatever did not close in time
-        self._sel.close()
+        while self._loop.open_sockets and time.monotonic() < deadline:
+            self._loop.flush()
+            self._loop.poll(_TICK_S)
+        self._loop.close()  # bounded stop: drops whatever did not close in time
 
     def abort(self) -> int:
         """Drop every connection without DISCONNECT, as a power cut would. Idempotent.
@@ -388,24 +381,9 @@ class FleetSimulator(StartStop):
         for conn in self._conns:
             if conn.state == "up":
                 conn.state = "aborted"
-                dropped += self._drop(conn)
-        self._sel.close()
+                dropped += self._loop.drop(conn.client)
+        self._loop.close()
         return dropped
-
-    @staticmethod
-    def _drop(conn: _Conn) -> bool:
-        """Close a connection without DISCONNECT; True if there was one."""
-        sock = conn.client.socket()
-        if sock is None:
-            return False
-        try:
-            # paho has no public abort: shut the socket down and let paho read the EOF, so it
-            # closes the socket and runs its own cleanup (on_socket_close, on_disconnect).
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        conn.client.loop_read()
-        return True
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -426,47 +404,6 @@ class FleetSimulator(StartStop):
         if len(self.stats.connect_errors) < _MAX_ERRORS_KEPT:
             self.stats.connect_errors.append(f"{conn.dev.device_id}: {why}")
 
-    def _poll(self, timeout: float) -> None:
-        for key, mask in self._sel.select(timeout):
-            conn: _Conn = key.data
-            client = conn.client
-            if mask & selectors.EVENT_READ:
-                client.loop_read()
-            if mask & selectors.EVENT_WRITE and client.socket() is not None:
-                client.loop_write()
-        self._flush()
-
-    def _flush(self) -> None:
-        # Write queued packets right away; only a socket whose buffer is full is armed for
-        # EVENT_WRITE, which saves two epoll_ctl calls per message.
-        while self._pending_write:
-            pending, self._pending_write = self._pending_write, set()
-            for conn in pending:
-                client = conn.client
-                sock = client.socket()
-                if sock is None:
-                    continue
-                client.loop_write()
-                if client.want_write() and not conn.write_armed and client.socket() is not None:
-                    conn.write_armed = True
-                    self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
-
-    def _misc(self, now: float) -> None:
-        # Keepalive bookkeeping (paho's loop_misc) for each client about once per second: a
-        # slice proportional to the time since the last call, never an O(N) pass per tick.
-        n = len(self._conns)
-        if self._misc_at is None:
-            self._misc_at = now
-        count = min(n, int((now - self._misc_at) * n / _MISC_PERIOD_S))
-        if count == 0:
-            return
-        self._misc_at = now
-        for _ in range(count):
-            conn = self._conns[self._misc_cursor]
-            self._misc_cursor = (self._misc_cursor + 1) % n
-            if conn.state == "up":
-                conn.client.loop_misc()
-
     def _publish_telemetry(self, conn: _Conn, lag_s: float) -> None:
         if conn.state != "up":
             if conn.state == "lost":
@@ -475,32 +412,9 @@ class FleetSimulator(StartStop):
         msg = conn.dev.telemetry()
         conn.client.publish(conn.topic_telemetry, msg.to_payload(), qos=1)
         self.stats.sent += 1
-        if lag_s > self.stats.max_lag_s:
-            self.stats.max_lag_s = lag_s
+        self.stats.max_lag_s = max(self.stats.max_lag_s, lag_s)
 
     # --- paho callbacks (all run inside this thread's loop) -------------------------------------
-
-    def _on_socket_open(self, client: mqtt.Client, conn: _Conn, sock: Any) -> None:
-        conn.write_armed = False
-        self._sel.register(sock, selectors.EVENT_READ, conn)
-
-    def _on_socket_close(self, client: mqtt.Client, conn: _Conn, sock: Any) -> None:
-        try:
-            self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass  # never registered (connect failed) or already gone
-        self._pending_write.discard(conn)
-
-    def _on_register_write(self, client: mqtt.Client, conn: _Conn, sock: Any) -> None:
-        self._pending_write.add(conn)
-
-    def _on_unregister_write(self, client: mqtt.Client, conn: _Conn, sock: Any) -> None:
-        if conn.write_armed:
-            conn.write_armed = False
-            try:
-                self._sel.modify(sock, selectors.EVENT_READ, conn)
-            except (KeyError, ValueError):
-                pass
 
     def _on_connect(self, client: mqtt.Client, conn: _Conn, flags: Any, reason_code: Any,
                     properties: Any) -> None:

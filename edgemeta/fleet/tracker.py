@@ -14,8 +14,15 @@ from typing import Any
 
 from edgemeta.fleet.schema import Birth, Death, Reply, Telemetry
 
-__all__ = ["DeviceState", "FleetTracker", "SeenWindow", "SEQ_MODULUS", "REPLAY_WINDOW",
-           "MAX_BOOTS_TRACKED", "RESYNC"]
+__all__ = [
+    "MAX_BOOTS_TRACKED",
+    "REPLAY_WINDOW",
+    "RESYNC",
+    "SEQ_MODULUS",
+    "DeviceState",
+    "FleetTracker",
+    "SeenWindow",
+]
 
 SEQ_MODULUS = 256
 # A distance of 128 or more ahead is read as "behind" (a redelivery), as in TCP serial arithmetic:

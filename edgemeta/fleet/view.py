@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from edgemeta.fleet.monitor import FleetMonitor
     from edgemeta.fleet.tracker import DeviceState
 
-__all__ = ["SORT_KEYS", "COLUMNS", "filter_states", "sort_states", "render_table", "watch"]
+__all__ = ["COLUMNS", "SORT_KEYS", "filter_states", "render_table", "sort_states", "watch"]
 
 COLUMNS = ("device", "fleet", "state", "seen", "model", "classes", "inf/s", "p50/p95 ms",
            "accuracy", "alerts")
@@ -85,7 +85,7 @@ def filter_states(states: Sequence[DeviceState], pattern: str | None) -> list[De
             or ("/" not in pattern and fnmatch.fnmatchcase(s.device_id, pattern))]
 
 
-def _fmt(value: float | int | None, spec: str) -> str:
+def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 

@@ -25,6 +25,7 @@ from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet.schema import Birth, topic, validate_id
 from firmware_bridge.install import InstallResult
+from firmware_bridge.ota._guard import never_raises
 from firmware_bridge.ota.protocol import ota_topic
 from firmware_bridge.ota.receiver import OtaReceiver
 
@@ -133,8 +134,11 @@ class BoardOta(StartStop):
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(5.0)
-        self._client.disconnect()
-        self._client.loop_stop()
+        try:
+            self._client.disconnect()
+            self._client.loop_stop()
+        finally:
+            self.receiver.close()  # the partial copy's file descriptors
 
     def publish_birth(self) -> None:
         if self._birth is not None:
@@ -153,19 +157,24 @@ class BoardOta(StartStop):
 
     def _run_ticker(self) -> None:
         assert self._tick_s
+        tick = never_raises(self.receiver.tick)
         while not self._stop.wait(self._tick_s):
-            self.receiver.tick()
+            tick()
 
+    @never_raises
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
-        if not reason_code.is_failure:
-            client.subscribe(self._topics)  # clean sessions forget subscriptions: every connect
-            try:
-                self.publish_birth()
-            except Exception:  # noqa: BLE001 - a birth is informational
-                log.warning("birth of %s not sent", self.device_id, exc_info=True)
-        self._waiter.on_connect(reason_code)
+        try:
+            if not reason_code.is_failure:
+                client.subscribe(self._topics)  # clean sessions forget subscriptions: every time
+                try:
+                    self.publish_birth()
+                except Exception:  # noqa: BLE001 - a birth is informational
+                    log.warning("birth of %s not sent", self.device_id, exc_info=True)
+        finally:
+            self._waiter.on_connect(reason_code)
 
+    @never_raises
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any) -> None:
         if reason_codes and not any(rc.is_failure for rc in reason_codes):
@@ -174,5 +183,6 @@ class BoardOta(StartStop):
             log.error("broker refused the OTA subscriptions of %s: %s", self.device_id,
                       reason_codes)
 
+    @never_raises
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.receiver.handle(message.topic, message.payload)

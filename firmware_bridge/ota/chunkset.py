@@ -15,7 +15,7 @@ __all__ = ["ChunkBitmap", "RangeSet"]
 class ChunkBitmap:
     """Which of ``size`` chunks are present: one bit each, with a running count."""
 
-    __slots__ = ("size", "_bits", "_count")
+    __slots__ = ("_bits", "_count", "size")
 
     def __init__(self, size: int) -> None:
         if size < 0:
@@ -89,7 +89,7 @@ class RangeSet:
     checking a :class:`ChunkBitmap` first); ``remaining`` is how many have not arrived.
     """
 
-    __slots__ = ("_starts", "_ranges", "remaining")
+    __slots__ = ("_ranges", "_starts", "remaining")
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._ranges = sorted((int(a), int(b)) for a, b in ranges if a < b)

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgemeta.bundle import BoardHome
+from edgemeta.bundle import BoardHome, read_config
 from edgemeta.errors import BundleError, FlashError, MessageError
 from firmware_bridge.install import InstallResult
+from firmware_bridge.ota.chunkset import RangeSet
 from firmware_bridge.ota.partial import PartialBundle
 from firmware_bridge.ota.protocol import (
-    ACK_EVERY, ChunkError, Offer, Status, decode_chunk, decode_offer, ota_topic,
-    parse_ota_topic, ranges_of,
+    ACK_EVERY, MAX_RANGES, ChunkError, Offer, Status, decode_chunk, decode_offer, ota_topic,
+    parse_ota_topic,
 )
 
 __all__ = ["OtaReceiver", "REJECT_KINDS"]
@@ -39,6 +40,20 @@ REJECT_KINDS = ("malformed", "oversized", "foreign", "foreign-transfer", "out-of
                 "duplicate", "corrupt")
 _FREE_MARGIN = 1 << 20  # keep 1 MiB free beyond the part file and the installed copy
 _FINISHED_KEPT = 16
+_HASH_BLOCK = 1 << 18
+OTA_DOWNGRADE_HINT = (
+    "this board refuses downgrades requested over the air (anyone who can publish to its OTA "
+    "topics could otherwise install an old, flawed bundle); to allow them, run "
+    "'edgemeta board init HOME --allow-ota-downgrade' on the board, or flash it with "
+    "--allow-downgrade over ssh:// or dir:")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _install(path: Path, home: BoardHome, **kw: Any) -> InstallResult:
@@ -87,7 +102,8 @@ class OtaReceiver:
         self._lock = threading.RLock()
         self.rejected: Counter[str] = Counter()
         self._active: PartialBundle | None = None
-        self._requested: set[int] = set()
+        self._requested = RangeSet()  # the ranges of the last `need`, and how many are still due
+        self._sha_cache: tuple[tuple, str] | None = None
         self._since_ack = 0
         self._last_activity = 0.0
         self._retries = 0
@@ -126,6 +142,14 @@ class OtaReceiver:
             except Exception:  # noqa: BLE001 - the board must survive anything on the wire
                 log.exception("OTA receiver of %s failed on %s", self.device_id, topic)
 
+    def close(self) -> None:
+        """Close the transfer in progress (its partial copy stays on disk for a later resume)."""
+        with self._lock:
+            if self._active is not None:
+                self._active.close()
+                self._active = None
+            self._requested = RangeSet()
+
     def tick(self) -> None:
         """Ask again for missing chunks when they stopped arriving (call every ~second)."""
         with self._lock:
@@ -136,8 +160,7 @@ class OtaReceiver:
                 log.warning("OTA %s of %s stalled at %d/%d chunks; keeping the partial copy for "
                             "a later resume", a.offer.transfer_id, a.offer.version, len(a.held),
                             a.offer.chunks)
-                a.close()
-                self._active = None
+                self.close()
                 return
             self._retries += 1
             self._publish_need()
@@ -166,14 +189,16 @@ class OtaReceiver:
         if a is not None and a.offer.transfer_id == offer.transfer_id:
             self._publish_need()  # a re-offer: the host lost track; tell it what is missing
             return
+        if a is not None:
+            # The newest offer wins: close the transfer in progress before anything on disk
+            # changes, and tell its sender (a re-offer of it gets the same answer).
+            self.close()
+            self._supersede(a.offer, offer)
         if self._current_sha256() == offer.bundle_sha256:
             self._drop_partials(keep=None)
             self._finish_status(offer, "installed", changed=False, path=self._current_path(),
                                 message=f"{offer.version} is already installed and current")
             return
-        if a is not None:
-            a.close()
-            self._active = None
         keep = offer.bundle_sha256[:16]
         self._drop_partials(keep=keep)  # another bundle's leftovers only take space now
         if not self._enough_space(offer):
@@ -239,7 +264,7 @@ class OtaReceiver:
         except OSError as exc:
             self._io_failed(offer, exc, f"writing chunk {chunk.index}")
             return
-        self._requested.discard(chunk.index)
+        self._requested.take(chunk.index)
         self._last_activity = self._clock()
         self._retries = 0
         self._since_ack += 1
@@ -271,12 +296,18 @@ class OtaReceiver:
         except OSError as exc:
             self._io_failed(offer, exc, "verifying the received bundle")
             return
+        # An offer is not authenticated (anyone who can publish to our topics can send one), so
+        # its allow_downgrade counts only if this home's own config says so.
+        downgrade_ok = offer.allow_downgrade and self._ota_downgrade_allowed()
         try:
-            result = self._install(path, self.home, allow_downgrade=offer.allow_downgrade,
+            result = self._install(path, self.home, allow_downgrade=downgrade_ok,
                                    **self._install_options)
         except FlashError as exc:
             reason = getattr(exc, "reason", None) or "io"
-            self._finish_status(offer, "failed", reason=reason, message=f"{exc}; {self._kept()}")
+            text = str(exc)
+            if reason == "downgrade" and offer.allow_downgrade and not downgrade_ok:
+                text = f"{OTA_DOWNGRADE_HINT}: {text}"
+            self._finish_status(offer, "failed", reason=reason, message=f"{text}; {self._kept()}")
             return
         except Exception as exc:  # noqa: BLE001 - report, keep the board alive
             log.exception("install of %s failed unexpectedly", offer.version)
@@ -316,11 +347,32 @@ class OtaReceiver:
             return None
 
     def _current_sha256(self) -> str | None:
+        """SHA-256 of the current bundle, hashed again only when the pointer or the file changed."""
         try:
+            version = self.home.current_version()
             path = self.home.current_bundle()
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+            st = path.stat()
+            key = (version, str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._sha_cache is not None and self._sha_cache[0] == key:
+                return self._sha_cache[1]
+            digest = _file_sha256(path)
         except (BundleError, OSError):
             return None
+        self._sha_cache = (key, digest)
+        return digest
+
+    def _ota_downgrade_allowed(self) -> bool:
+        try:
+            return bool(read_config(self.home).allow_ota_downgrade)
+        except BundleError as exc:  # a damaged board.json: fail closed
+            log.warning("cannot read the board config of %s (%s): refusing OTA downgrades",
+                        self.device_id, exc)
+            return False
+
+    def _supersede(self, old: Offer, new: Offer) -> None:
+        self._finish_status(old, "failed", reason="superseded", message=(
+            f"transfer of {old.version} stopped: a newer offer ({new.version}, transfer "
+            f"{new.transfer_id[:8]}) replaced it; {self._kept()}"))
 
     def _current_path(self) -> str | None:
         try:
@@ -350,9 +402,8 @@ class OtaReceiver:
     def _publish_need(self) -> None:
         a = self._active
         assert a is not None
-        missing = (i for i in range(a.offer.chunks) if i not in a.held)
-        ranges = ranges_of(missing)  # type: ignore[arg-type]
-        self._requested = {i for s, e in ranges for i in range(s, e)}
+        ranges = a.held.missing_ranges(MAX_RANGES)
+        self._requested = RangeSet(ranges)
         self._since_ack = 0
         self._last_activity = self._clock()
         self._send(self._status(a.offer, "need", need=tuple(ranges)))

@@ -31,6 +31,7 @@ from edgemeta.errors import BundleError, FlashError, InstallError, MessageError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
 from firmware_bridge.install import InstallResult
+from firmware_bridge.ota._guard import never_raises
 from firmware_bridge.ota.protocol import (
     ACK_EVERY, DEFAULT_CHUNK_BYTES, FINAL_STATES, Offer, Status, decode_status, encode_chunk,
     new_transfer_id, ota_filter, ota_topic, parse_ota_topic,
@@ -64,7 +65,7 @@ class Transfer:
     started: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event, repr=False)
-    # send window bookkeeping (engine lock)
+    # send window bookkeeping (engine lock); the queue holds [start, end) ranges, never indices
     _queue: deque = field(default_factory=deque, repr=False)
     _base: int = 0
     _sent_round: int = 0
@@ -135,6 +136,7 @@ class OtaEngine(StartStop):
         self._changed = threading.Condition(self._lock)
         self.wire_bytes = 0
         self.ignored = 0  # malformed or stale statuses
+        self.invalid = 0  # statuses of a running transfer that contradict its offer (also ignored)
         self._waiter = _mqtt.ConnectWaiter()
         self._subscribed = threading.Event()
         self._stop = threading.Event()
@@ -251,7 +253,11 @@ class OtaEngine(StartStop):
         confirmed = t.received - t._base
         o = t.offer
         while t._queue and t._sent_round - confirmed < self._window:
-            i = t._queue.popleft()
+            i, end = t._queue[0]
+            if i + 1 < end:
+                t._queue[0] = (i + 1, end)
+            else:
+                t._queue.popleft()
             start = i * o.chunk_bytes
             payload = encode_chunk(o.transfer_id, i, t.data[start:start + o.chunk_bytes])
             self._publish(t, ota_topic(t.fleet, t.device, "chunk"), payload)
@@ -270,6 +276,7 @@ class OtaEngine(StartStop):
 
     # --- board statuses (paho thread) -------------------------------------------------------------
 
+    @never_raises
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             fleet, device, kind = parse_ota_topic(message.topic)
@@ -286,6 +293,12 @@ class OtaEngine(StartStop):
             if t is None or t.done.is_set() or status.transfer_id != t.offer.transfer_id:
                 self.ignored += 1  # a late status of an earlier transfer
                 return
+            problem = _contradiction(t.offer, status)
+            if problem is not None:
+                self.ignored += 1
+                self.invalid += 1
+                log.warning("ignoring OTA status of %s/%s: %s", fleet, device, problem)
+                return
             self.wire_bytes += len(message.payload)
             t.wire_bytes += len(message.payload)
             self._apply(t, status)
@@ -297,7 +310,7 @@ class OtaEngine(StartStop):
         t._last_progress = time.monotonic()
         if st.state == "need":
             # A fresh round: exactly what the board asked for, counted from what it holds now.
-            t._queue = deque(i for a, b in st.need for i in range(a, b))
+            t._queue = deque(st.need)  # checked against the offer: in range, ordered, disjoint
             t._base = st.received
             t._sent_round = 0
             self._pump(t)
@@ -313,11 +326,15 @@ class OtaEngine(StartStop):
 
     def _run_timer(self) -> None:
         while not self._stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                for t in list(self._transfers.values()):
-                    if not t.done.is_set():
-                        self._check(t, now)
+            self._tick()
+
+    @never_raises
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for t in list(self._transfers.values()):
+                if not t.done.is_set():
+                    self._check(t, now)
 
     def _check(self, t: Transfer, now: float) -> None:
         if t.state == "offered" and (now > t.deadline
@@ -342,13 +359,33 @@ class OtaEngine(StartStop):
 
     # --- connection -------------------------------------------------------------------------------
 
+    @never_raises
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
-        if not reason_code.is_failure:
-            client.subscribe(ota_filter(kind="status"), qos=1)
-        self._waiter.on_connect(reason_code)
+        try:
+            if not reason_code.is_failure:
+                client.subscribe(ota_filter(kind="status"), qos=1)
+        finally:
+            self._waiter.on_connect(reason_code)
 
+    @never_raises
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any) -> None:
         if reason_codes and not any(rc.is_failure for rc in reason_codes):
             self._subscribed.set()
+
+
+def _contradiction(offer: Offer, st: Status) -> str | None:
+    """Why a status cannot be about ``offer`` (None if it can): a board asking for chunks the
+    offer does not have would otherwise make the sender fail or queue without bound."""
+    if st.chunks != offer.chunks:
+        return f"it counts {st.chunks} chunks, the offer has {offer.chunks}"
+    if st.received > offer.chunks:
+        return f"it holds {st.received} of {offer.chunks} chunks"
+    end = 0
+    for a, b in st.need:
+        if not end <= a < b <= offer.chunks:
+            return (f"it asks for chunks [{a}, {b}): expected ordered, disjoint ranges within "
+                    f"0..{offer.chunks}")
+        end = b
+    return None

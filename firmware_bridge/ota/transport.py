@@ -18,18 +18,22 @@ __all__ = ["MqttTransport", "read_bundle_bytes", "split_mqtt_url"]
 
 
 def split_mqtt_url(url: str) -> tuple[str, str | None, str | None]:
-    """``mqtt://host[:port][/[FLEET/]DEVICE]`` -> (broker URL, fleet or None, device or None).
+    """``mqtt[s]://host[:port][/[FLEET/]DEVICE][?query]`` -> (broker URL, fleet, device).
+
+    The query (TLS and password options, see :mod:`edgemeta.fleet._mqtt`) stays with the broker
+    URL; fleet and device are None when the path does not name them.
 
     Raises:
         FlashError: Not a usable mqtt URL, or a bad fleet/device id in the path.
     """
     try:
         parts = urlsplit(url)
-        broker = f"{parts.scheme}://{parts.netloc}"
+        # The query belongs to the broker (mqtts://host?ca=...&password_file=...).
+        broker = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
         _mqtt.parse_broker_url(broker)
-        if parts.query or parts.fragment:
-            raise FlashError(f"target {url!r} has a query or fragment: expected "
-                             "mqtt://BROKER[:PORT][/[FLEET/]DEVICE]")
+        if parts.fragment:
+            raise FlashError(f"target {url!r} has a fragment: expected "
+                             "mqtt[s]://BROKER[:PORT][/[FLEET/]DEVICE][?TLS options]")
         path = parts.path.strip("/")
         names = path.split("/") if path else []
         if len(names) > 2:

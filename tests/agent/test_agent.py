@@ -125,3 +125,26 @@ def test_agent_rolls_back_when_current_model_cannot_start(tmp_path):
     agent = DeviceAgent(home, "d1")
     assert agent.classifier.manifest.version == b.version
     assert agent.rolled_back_at_start.startswith("rolled back from 9.0.0")
+
+
+def test_agent_follows_a_model_flashed_while_it_runs(tmp_path):
+    """A dir: or ssh:// flash by another process: the agent's next loop runs the new model."""
+    from dataclasses import replace
+
+    from edgemeta.bundle import pack_bundle, read_bundle, sha256_hex
+
+    home = tmp_path / "board"
+    init_home(home, allow_unsigned=True)
+    flash(tiny_bundle_path(), f"dir:{home}")
+    agent = DeviceAgent(home, "d1")
+    img = np.full((28, 28), 255, np.uint8)
+    img[4:24, 12:16] = 0
+    agent.classifier.enroll("bar", [img])
+    agent.classifier.save()
+    b = read_bundle(tiny_bundle_path())
+    model = b.model + b"\0" * 16  # another model file: the class has to be re-learned
+    m = replace(b.manifest, version="9.1.0", model_sha256=sha256_hex(model), model_bytes=len(model))
+    flash(pack_bundle(m, model, tmp_path / "v9.edgemeta"), f"dir:{home}")
+    agent.run(once=True)
+    assert agent.classifier.manifest.version == "9.1.0"
+    assert agent.classifier.labels == ["bar"]

@@ -51,7 +51,18 @@ def test_empty_targets_are_refused(url):
 
 def test_supported_schemes_lists_dir_and_ssh():
     assert supported_schemes() == ["dir:PATH", "ssh://USER@HOST[:PORT]/PATH",
-                                   "mqtt://BROKER[:PORT]/[FLEET/]DEVICE"]
+                                   "mqtt://BROKER[:PORT]/[FLEET/]DEVICE",
+                                   "mqtts://BROKER[:PORT]/[FLEET/]DEVICE?ca=CA.pem"]
+
+
+def test_mqtts_target_keeps_its_tls_query_with_the_broker(tmp_path):
+    from firmware_bridge.ota.transport import split_mqtt_url
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    broker, fleet, device = split_mqtt_url(f"mqtts://broker.lan:8883/site-a/pi-01?ca={ca}")
+    assert broker == f"mqtts://broker.lan:8883?ca={ca}"
+    assert (fleet, device) == ("site-a", "pi-01")
 
 
 def test_flash_installs_through_dir_transport(make_bundle, home):

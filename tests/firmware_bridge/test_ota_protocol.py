@@ -140,3 +140,51 @@ def test_ota_package_is_board_side_safe():
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_offer_chunk_size_and_count_are_bounded():
+    from firmware_bridge.ota.protocol import MAX_CHUNKS, MAX_OTA_BUNDLE_BYTES, MIN_CHUNK_BYTES
+
+    biggest = _offer(bundle_bytes=MAX_OTA_BUNDLE_BYTES, chunk_bytes=MIN_CHUNK_BYTES,
+                     chunks=MAX_OTA_BUNDLE_BYTES // MIN_CHUNK_BYTES)
+    assert biggest.chunks == MAX_CHUNKS
+    assert _offer(bundle_bytes=100, chunk_bytes=100, chunks=1).chunk_size(0) == 100  # one chunk
+    assert _offer(bundle_bytes=5000, chunk_bytes=MIN_CHUNK_BYTES, chunks=2).chunk_size(1) == 904
+    for size, chunk in ((MAX_OTA_BUNDLE_BYTES, 1), (1 << 20, 1), (5000, 100), (100, 50),
+                        (MAX_OTA_BUNDLE_BYTES, MIN_CHUNK_BYTES - 1)):
+        with pytest.raises(MessageError, match="chunk_bytes"):
+            _offer(bundle_bytes=size, chunk_bytes=chunk, chunks=-(-size // chunk))
+
+
+def test_status_ranges_must_fit_its_chunks():
+    s = Status(TID, "site-a", "pi-1", "need", need=((0, 3),), chunks=6)
+    raw = json.loads(s.to_payload())
+    for need, chunks, received in (([[5, 7]], 6, 0), ([[0, 2], [1, 3]], 6, 0),
+                                   ([[3, 4], [0, 1]], 6, 0), ([[0, 1]], 6, 7),
+                                   ([[0, 10**12]], 10**12, 0)):
+        raw.update(need=need, chunks=chunks, received=received)
+        with pytest.raises(MessageError):
+            decode_status(json.dumps(raw).encode())
+
+
+def test_chunk_bitmap_and_range_set():
+    from firmware_bridge.ota.chunkset import ChunkBitmap, RangeSet
+
+    b = ChunkBitmap(65_536)
+    assert b.missing_ranges(64) == [(0, 65_536)] and len(b) == 0
+    for i in (0, 1, 2, 7, 8, 9, 100, 65_535):
+        assert b.add(i)
+    assert not b.add(7) and len(b) == 8 and 9 in b and 10 not in b and -1 not in b
+    assert b.missing_ranges(64) == [(3, 7), (10, 100), (101, 65_535)]
+    assert b.missing_ranges(2) == [(3, 7), (10, 100)]
+    with pytest.raises(IndexError):
+        b.add(65_536)
+    odd = ChunkBitmap(11)
+    for i in range(11):
+        odd.add(i)
+    assert odd.complete and odd.missing_ranges(5) == []
+    r = RangeSet([(5, 8), (0, 2)])
+    assert r.remaining == 5 and 0 in r and 2 not in r and 7 in r and 8 not in r
+    for i in (0, 1, 5, 6, 7):
+        r.take(i)
+    assert not r and r.remaining == 0

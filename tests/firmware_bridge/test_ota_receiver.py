@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,13 @@ import pytest
 from edgemeta.bundle import BoardHome
 from firmware_bridge import install_bundle
 from firmware_bridge.ota.protocol import (
-    MAX_CHUNK_BYTES, Offer, decode_status, encode_chunk, new_transfer_id, ota_topic,
+    MAX_CHUNK_BYTES, MAX_CHUNKS, Offer, decode_status, encode_chunk, new_transfer_id, ota_topic,
 )
+from firmware_bridge.ota.chunkset import RangeSet
 from firmware_bridge.ota.receiver import OtaReceiver
 
 FLEET, DEVICE = "site-a", "pi-1"
-CHUNK = 1024
+CHUNK = 4096  # MIN_CHUNK_BYTES: the smallest chunks an offer may use
 
 
 class Board:
@@ -63,7 +65,7 @@ def ota_files(home: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def bundle(make_bundle):
-    path = make_bundle("2.0.0", seed=2, size=6000)
+    path = make_bundle("2.0.0", seed=2, size=24_000)
     return path.read_bytes()
 
 
@@ -90,7 +92,7 @@ def test_full_transfer_installs_and_cleans_up(installed_home, bundle):
 
 
 def test_progress_is_acknowledged_every_few_chunks(installed_home, make_bundle):
-    data = make_bundle("2.0.0", seed=3, size=20_000).read_bytes()
+    data = make_bundle("2.0.0", seed=3, size=80_000).read_bytes()
     board = Board(installed_home, ack_every=4)
     offer = make_offer(data, "2.0.0")
     board.offer(offer)
@@ -109,7 +111,7 @@ def test_bad_chunks_are_rejected_without_touching_the_partial_copy(installed_hom
     board.offer(offer)
     board.chunk(chunk_payload(offer, bundle, 0))
     if case == "unrequested":  # a capped `need`: chunks beyond it were not asked for yet
-        board.rx._requested = {1, 2}
+        board.rx._requested = RangeSet([(1, 3)])
     before = ota_files(installed_home)
     good = chunk_payload(offer, bundle, 1)
     payload, kind, device = {
@@ -133,7 +135,7 @@ def test_bad_chunks_are_rejected_without_touching_the_partial_copy(installed_hom
     # The transfer is unharmed: the rest still completes.
     for i in range(1, offer.chunks):
         board.chunk(chunk_payload(offer, bundle, i))
-        board.rx._requested |= set(range(offer.chunks))  # undo the capped-need simulation
+        board.rx._requested = RangeSet([(0, offer.chunks)])  # undo the capped-need simulation
     assert board.last.state == "installed"
     assert BoardHome.at(installed_home).current_version() == "2.0.0"
 
@@ -152,7 +154,7 @@ def test_offers_for_another_device_or_malformed_are_rejected(installed_home, bun
 
 
 def test_interrupted_transfer_resumes_with_only_the_missing_chunks(installed_home, make_bundle):
-    data = make_bundle("2.0.0", seed=4, size=10_000).read_bytes()
+    data = make_bundle("2.0.0", seed=4, size=40_000).read_bytes()
     board = Board(installed_home)
     first = make_offer(data, "2.0.0")
     board.offer(first)
@@ -175,7 +177,7 @@ def test_interrupted_transfer_resumes_with_only_the_missing_chunks(installed_hom
 
 
 def test_resume_rechecks_chunks_on_disk(installed_home, make_bundle):
-    data = make_bundle("2.0.0", seed=5, size=5000).read_bytes()
+    data = make_bundle("2.0.0", seed=5, size=20_000).read_bytes()
     board = Board(installed_home)
     offer = make_offer(data, "2.0.0")
     board.offer(offer)
@@ -310,3 +312,150 @@ def test_complete_partial_copy_installs_on_the_next_offer(installed_home, bundle
     board.offer(make_offer(bundle, "2.0.0"))
     assert [s.state for s in board.sent] == ["installing", "installed"]
     assert BoardHome.at(installed_home).current_version() == "2.0.0"
+
+
+# ---------------------------------------------------------------- bounds, policy, lifecycle
+def test_tiny_chunks_are_refused_before_anything_is_allocated(installed_home):
+    """1 MiB in 1-byte chunks would be a million chunks (256 MiB: 268 million) of bookkeeping."""
+    board = Board(installed_home)
+    raw = make_offer(b"x" * CHUNK, "2.0.0").to_payload().replace(
+        b'"bundle_bytes":4096,"chunk_bytes":4096,"chunks":1',
+        b'"bundle_bytes":1048576,"chunk_bytes":1,"chunks":1048576')
+    t0 = time.monotonic()
+    board.rx.handle(ota_topic(FLEET, DEVICE, "offer"), raw)
+    assert board.rx.rejected == {"malformed": 1} and board.sent == []
+    assert time.monotonic() - t0 < 1.0 and not (installed_home / "ota").exists()
+
+
+def test_the_largest_offer_is_tracked_with_a_bitmap_and_ranges(installed_home, monkeypatch):
+    """65,536 chunks (256 MiB in 4 KiB chunks): no per-chunk Python objects on the board."""
+    import tracemalloc
+
+    from firmware_bridge.ota import partial
+
+    monkeypatch.setattr(partial, "_preallocate", lambda fd, size: os.ftruncate(fd, size))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**40, 0, 2**40))
+    board = Board(installed_home)
+    n = MAX_CHUNKS
+    offer = Offer(new_transfer_id(), FLEET, DEVICE, "ab" * 32, n * CHUNK, CHUNK, n, "2.0.0")
+    tracemalloc.start()
+    try:
+        board.offer(offer)
+        data = b"\x01" * CHUNK
+        board.chunk(encode_chunk(offer.transfer_id, 5, data))
+        board.rx._publish_need()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert board.last.need == ((0, 5), (6, n)) and board.rx._requested.remaining == n - 1
+    assert peak < 512 * 1024, peak
+
+
+def test_offer_cannot_downgrade_unless_the_board_allows_it(installed_home, make_bundle):
+    from edgemeta.bundle import init_home
+
+    data = make_bundle("0.9.0", seed=6).read_bytes()
+    board = Board(installed_home)
+    offer = make_offer(data, "0.9.0", allow_downgrade=True)  # anyone on the broker can send this
+    board.offer(offer)
+    for i in range(offer.chunks):
+        board.chunk(chunk_payload(offer, data, i))
+    st = board.last
+    assert (st.state, st.reason) == ("failed", "downgrade")
+    assert "refuses downgrades requested over the air" in st.message
+    assert "--allow-ota-downgrade" in st.message and "1.0.0 stays current" in st.message
+    assert BoardHome.at(installed_home).current_version() == "1.0.0"
+    init_home(installed_home, allow_ota_downgrade=True)  # the board's owner opts in
+    offer = make_offer(data, "0.9.0", allow_downgrade=True)
+    board.offer(offer)
+    for i in range(offer.chunks):
+        board.chunk(chunk_payload(offer, data, i))
+    assert board.last.state == "installed", board.last.message
+    assert BoardHome.at(installed_home).current_version() == "0.9.0"
+
+
+def test_current_offer_during_a_transfer_closes_it_cleanly(installed_home, bundle, make_bundle):
+    board = Board(installed_home)
+    running = make_offer(bundle, "2.0.0")
+    board.offer(running)
+    board.chunk(chunk_payload(running, bundle, 0))
+    current = make_bundle("1.0.0", seed=1).read_bytes()
+    board.offer(make_offer(current, "1.0.0"))  # "already current": supersedes the transfer
+    superseded, answer = board.sent[-2:]
+    assert (superseded.transfer_id, superseded.state, superseded.reason) == (
+        running.transfer_id, "failed", "superseded")
+    assert (answer.state, answer.changed) == ("installed", False)
+    assert board.rx.active_transfer is None and board.rx._active is None
+    board.chunk(chunk_payload(running, bundle, 1))  # a straggler: dropped, nothing written
+    assert board.rx.rejected == {"duplicate": 1}
+    assert not any((installed_home / "ota").iterdir())
+    board.offer(running)  # its re-offer gets the same final answer
+    assert board.last == superseded
+    again = make_offer(bundle, "2.0.0")  # a new transfer of the same bundle starts afresh
+    board.offer(again)
+    for i in range(again.chunks):
+        board.chunk(chunk_payload(again, bundle, i))
+    assert board.last.state == "installed"
+    assert BoardHome.at(installed_home).current_version() == "2.0.0"
+
+
+def test_current_bundle_is_hashed_again_only_when_it_changed(installed_home, bundle,
+                                                            monkeypatch):
+    from firmware_bridge.ota import receiver
+
+    calls = []
+    real = receiver._file_sha256
+    monkeypatch.setattr(receiver, "_file_sha256", lambda p: calls.append(p) or real(p))
+    board = Board(installed_home)
+    for _ in range(3):
+        board.offer(make_offer(bundle, "2.0.0"))  # three new offers, three new transfer ids
+    assert len(calls) == 1
+    current = BoardHome.at(installed_home).current_bundle()
+    os.utime(current, ns=(1, 1))  # the file changed behind our back
+    board.offer(make_offer(bundle, "2.0.0"))
+    assert len(calls) == 2
+    offer = make_offer(bundle, "2.0.0")
+    board.offer(offer)
+    for i in range(offer.chunks):
+        board.chunk(chunk_payload(offer, bundle, i))
+    assert board.last.state == "installed"
+    board.offer(make_offer(bundle, "2.0.0"))  # the pointer moved: hash the new bundle
+    assert len(calls) == 3 and board.last.state == "installed" and not board.last.changed
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_resume_that_cannot_rewrite_its_log_leaks_no_fd(installed_home, bundle, monkeypatch):
+    from firmware_bridge.ota import partial
+
+    offer = make_offer(bundle, "2.0.0")
+    part = partial.PartialBundle.open(installed_home / "ota", offer)
+    part.write(0, bundle[:CHUNK], hashlib.sha256(bundle[:CHUNK]).digest())
+    part.close()
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(partial, "atomic_write_bytes", full)
+    before = _open_fds()
+    with pytest.raises(OSError):
+        partial.PartialBundle.open(installed_home / "ota", offer)
+    assert _open_fds() <= before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_stopping_the_board_closes_the_partial_copy(installed_home, bundle):
+    from firmware_bridge.ota import BoardOta
+
+    board = BoardOta("mqtt://127.0.0.1:1", installed_home, DEVICE, FLEET, tick_s=None)
+    board._started = True  # as if start() had connected
+    before = _open_fds()
+    offer = make_offer(bundle, "2.0.0")
+    board.receiver.handle(ota_topic(FLEET, DEVICE, "offer"), offer.to_payload())
+    assert board.receiver.active_transfer == offer.transfer_id and _open_fds() > before
+    board.stop()
+    assert board.receiver.active_transfer is None and _open_fds() <= before
+    assert any((installed_home / "ota").iterdir())  # kept on disk for a later resume

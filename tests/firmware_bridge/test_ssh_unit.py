@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,17 +119,113 @@ def test_options_that_disable_host_key_checking_are_refused(option):
         SSHTransport.from_url("ssh://h/x", ssh_options=(option,))
 
 
-@pytest.mark.parametrize("option", ["-oProxyCommand=x", "NoValue", ""])
+@pytest.mark.parametrize("option", [
+    # each of these is read by ssh (ssh -G) as switching host-key checking off or weakening it
+    "StrictHostKeyChecking=false", "StrictHostKeyChecking = no", 'StrictHostKeyChecking="no"',
+    "StrictHostKeyChecking='off'", "STRICTHOSTKEYCHECKING=No", "StrictHostKeyChecking=accept-new",
+    "UserKnownHostsFile=/dev//null", "UserKnownHostsFile=/dev/./null",
+    "UserKnownHostsFile ~/.ssh/known_hosts /dev/null", 'UserKnownHostsFile="/dev/null"',
+    "UserKnownHostsFile=/dev/zero",
+    "KnownHostsCommand=/bin/echo x", "knownhostscommand /usr/bin/true"])
+def test_every_spelling_of_disabling_host_key_checking_is_refused(option):
+    with pytest.raises(FlashError, match="would switch off host-key checking"):
+        SSHTransport.from_url("ssh://h/x", ssh_options=(option,))
+
+
+@pytest.mark.parametrize("option", ["StrictHostKeyChecking=yes", "StrictHostKeyChecking ask",
+                                    "UserKnownHostsFile=/tmp/known hosts", "KnownHostsCommand=none",
+                                    "UserKnownHostsFile=~/.ssh/known_hosts",
+                                    "GlobalKnownHostsFile=/dev/null"])  # only narrows trust
+def test_safe_host_key_options_are_kept(option):
+    t = SSHTransport.from_url("ssh://h/x", ssh_options=(option,))
+    assert option in t.command("status")
+
+
+def test_known_hosts_field_cannot_be_dev_null(tmp_path):
+    link = tmp_path / "kh"
+    link.symlink_to("/dev/null")
+    for bad in ("/dev/null", "/dev//null", link, ""):
+        with pytest.raises(FlashError, match="known_hosts .*would switch off host-key checking"):
+            SSHTransport.from_url("ssh://h/x", known_hosts=bad)
+    good = SSHTransport.from_url("ssh://h/x", known_hosts=tmp_path / "known_hosts")
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in good.command("status")
+
+
+@pytest.mark.parametrize(("config", "why"), [
+    ("stricthostkeychecking false\n", "StrictHostKeyChecking false"),
+    ("stricthostkeychecking accept-new\n", "accept-new trusts any board"),
+    ("stricthostkeychecking true\nuserknownhostsfile /dev/null\n", "/dev/null"),
+    ("stricthostkeychecking true\nuserknownhostsfile /etc/x /dev//null\n", "/dev//null"),
+    ("stricthostkeychecking ask\nknownhostscommand /bin/cat %H\n", "KnownHostsCommand"),
+    ("batchmode yes\n", "reported no StrictHostKeyChecking"),
+])
+def test_effective_ssh_config_is_checked_before_connecting(tmp_path, bundle_file, config, why):
+    """What ~/.ssh/config or an -F file says is what ssh -G reports: checked before any push."""
+    ssh = _fake_ssh(tmp_path, stdout=json.dumps({"ok": True, "version": "1.0.0"}), config=config)
+    t = _transport(ssh, ssh_config=tmp_path / "cfg", ssh_options=("IdentitiesOnly=yes",))
+    with pytest.raises(FlashError, match=f"ssh -G.*would switch off host-key checking.*{why}"
+                                         r".*nothing was changed$"):
+        t.push(bundle_file)
+    assert not Path(ssh + ".runs").exists()  # ssh never ran the remote command
+    probe = Path(ssh + ".G").read_text().split()
+    assert probe[:1] == ["-G"] and probe[-2:] == ["--", "pi@board"]  # no remote command
+    assert "BatchMode=yes" in probe and str(tmp_path / "cfg") in probe
+    assert "IdentitiesOnly=yes" in probe
+
+
+def test_ssh_config_that_ssh_cannot_read_is_an_error(tmp_path, bundle_file):
+    script = tmp_path / "ssh"
+    script.write_text("#!/bin/sh\necho 'cfg line 1: Bad configuration option: nonsense' >&2\n"
+                      "exit 255\n")
+    script.chmod(0o755)
+    with pytest.raises(FlashError, match="cannot read its configuration.*Bad configuration"):
+        _transport(str(script)).push(bundle_file)
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")
+@pytest.mark.parametrize(("lines", "refused"), [
+    ("StrictHostKeyChecking yes\nUserKnownHostsFile {kh}\n", False),
+    ("Host board\n  StrictHostKeyChecking no\n", True),
+    ("Match host board\n  StrictHostKeyChecking = accept-new\n", True),
+    ("Host *\n  UserKnownHostsFile /dev//null\n", True),
+    ("Host b*\n  KnownHostsCommand /bin/echo %H\n", True),
+    ("Include {inc}\n", True),
+])
+def test_real_ssh_config_file_that_disables_checking_is_refused(tmp_path, lines, refused):
+    """The real client's ssh -G (no connection is made) sees Host/Match blocks and Includes."""
+    inc = tmp_path / "included.conf"
+    inc.write_text("StrictHostKeyChecking off\n")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(lines.format(kh=tmp_path / "known_hosts", inc=inc))
+    t = SSHTransport.from_url("ssh://pi@board/home/pi/e", ssh_binary=shutil.which("ssh"),
+                              ssh_config=cfg)
+    if refused:
+        with pytest.raises(FlashError, match="would switch off host-key checking"):
+            t.check_host_key_checking()
+    else:
+        t.check_host_key_checking()
+
+
+@pytest.mark.parametrize("option", ["-oProxyCommand=x", "NoValue", "", 'Key="unbalanced'])
 def test_malformed_options_are_refused(option):
     with pytest.raises(FlashError, match="Key=Value"):
         SSHTransport.from_url("ssh://h/x", ssh_options=(option,))
 
 
 # ---------------------------------------------------------------- replies and failures
+SAFE_CONFIG = ("stricthostkeychecking true\nglobalknownhostsfile /etc/ssh/ssh_known_hosts\n"
+               "userknownhostsfile /home/pi/.ssh/known_hosts\n")
+
+
 def _fake_ssh(tmp_path: Path, *, stdout: str = "", stderr: str = "", code: int = 0,
-              sleep: float = 0) -> str:
+              sleep: float = 0, config: str = SAFE_CONFIG) -> str:
+    """A fake ssh; with -G it prints ``config`` (what ``ssh -G`` reports) and logs its argv."""
     script = tmp_path / "fake-ssh"
-    script.write_text("#!/bin/sh\ncat > /dev/null\n"
+    script.write_text("#!/bin/sh\n"
+                      f'if [ "$1" = -G ]; then echo "$@" >> {shlex.quote(str(script))}.G; '
+                      f"printf '%s' {shlex.quote(config)}; exit 0; fi\n"
+                      f"echo run >> {shlex.quote(str(script))}.runs\n"
+                      "cat > /dev/null\n"
                       + (f"sleep {sleep}\n" if sleep else "")
                       + f"printf '%s' {shlex.quote(stdout)}\n"
                       + f"printf '%s' {shlex.quote(stderr)} >&2\nexit {code}\n")

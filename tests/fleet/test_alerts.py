@@ -14,11 +14,13 @@ NOW = 1_700_000_000.0
 
 
 def dev(device: str, fleet: str = "lab", **kw: object) -> DeviceState:
-    base = dict(fleet=fleet, device_id=device, state="online", last_seen=NOW - 1,
-                model_version="1.0", model_sha256=None, backend=None, board=None, labels=(),
-                n_classes=0, inference_count=0, latency_p50_ms=1.0, latency_p95_ms=2.0,
-                accuracy=None, evaluated=0, rss_bytes=1, uptime_s=1.0, last_seq=1,
-                death_reason=None, session=1, born=True, bd_seq=0, telemetry=1)
+    base: dict[str, object] = {
+        "fleet": fleet, "device_id": device, "state": "online", "last_seen": NOW - 1,
+        "model_version": "1.0", "model_sha256": None, "backend": None, "board": None,
+        "labels": (), "n_classes": 0, "inference_count": 0, "latency_p50_ms": 1.0,
+        "latency_p95_ms": 2.0, "accuracy": None, "evaluated": 0, "rss_bytes": 1, "uptime_s": 1.0,
+        "last_seq": 1, "death_reason": None, "session": 1, "born": True, "bd_seq": 0,
+        "telemetry": 1}
     base.update(kw)
     return DeviceState(**base)  # type: ignore[arg-type]
 

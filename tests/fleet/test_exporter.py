@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import urllib.request
 
+# prometheus-client is in edgemeta[dev]: a missing one fails here, it is not skipped.
+import prometheus_client as prom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgemeta.errors import FleetError
 from edgemeta.fleet import Birth, Death, FleetMonitor, Telemetry, topic
 from edgemeta.fleet.exporter import FleetCollector, serve_metrics
-
-prom = pytest.importorskip("prometheus_client", reason="prometheus-client is in edgemeta[dev]")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 
 def feed(m: FleetMonitor, msg: Birth | Telemetry | Death) -> None:

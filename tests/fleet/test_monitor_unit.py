@@ -9,7 +9,15 @@ import pytest
 from rich.console import Console
 
 from edgemeta.errors import FleetError, MessageError
-from edgemeta.fleet import Birth, Death, DeviceState, FleetMonitor, Telemetry, render_table, topic
+from edgemeta.fleet import (
+    Birth,
+    Death,
+    DeviceState,
+    FleetMonitor,
+    Telemetry,
+    render_table,
+    topic,
+)
 from edgemeta.fleet.monitor import MAX_ERRORS
 
 

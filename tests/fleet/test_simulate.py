@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import resource
 
 import pytest
@@ -45,7 +46,7 @@ def test_telemetry_seq_wraps_and_boot_n_count_up() -> None:
     seqs = [m.seq for m in msgs]
     # seq 1..255, then 0, 1, ... : +1 mod 256 after the birth's 0.
     assert seqs[:3] == [1, 2, 3] and seqs[254] == 255 and seqs[255] == 0 and seqs[256] == 1
-    assert all((b - a) % 256 == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) % 256 == 1 for a, b in itertools.pairwise(seqs))
     assert [m.n for m in msgs] == list(range(300))
     assert {m.boot for m in msgs} == {42}
     assert all(m.dropped == 0 and m.replayed is False for m in msgs)
@@ -78,7 +79,7 @@ def test_devices_get_distinct_ids_clients_and_metrics() -> None:
     sim = FleetSimulator("mqtt://127.0.0.1:1", devices=3, rate_hz=2, fleet="lab", prefix="pi")
     ids = [d.device_id for d in sim.devices]
     assert ids == ["pi-00000", "pi-00001", "pi-00002"]
-    client_ids = {c.client._client_id for c in sim._conns}  # noqa: SLF001 - per-device client
+    client_ids = {c.client._client_id for c in sim._conns}  # one client per device
     assert client_ids == {b"edgemeta-lab-pi-00000", b"edgemeta-lab-pi-00001",
                           b"edgemeta-lab-pi-00002"}
     # Seeded per device: the fleet does not report one identical latency everywhere.

@@ -274,3 +274,14 @@ def test_malformed_state_file_replays_everything(tmp_path) -> None:
     again = Spool(d, fsync=False)
     assert drain(again) == [rec(0), rec(1), rec(2)]  # re-sent rather than lost
     again.close()
+
+
+def test_reopening_a_full_spool_keeps_every_record(tmp_path) -> None:
+    d = tmp_path / "spool"
+    q = Spool(d, max_records=3, fsync=False)
+    for i in range(5):
+        q.append(rec(i))
+    q.close()
+    again = Spool(d, max_records=3, fsync=False)
+    assert again.dropped == 2 and drain(again) == [rec(2), rec(3), rec(4)]
+    again.close()

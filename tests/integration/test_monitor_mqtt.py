@@ -186,3 +186,28 @@ def test_late_monitor_without_retained_birth_asks_for_rebirth(mosquitto_broker: 
     assert json.loads(device.got[0][1])["command"] == "rebirth"
     assert kinds == ["never-birthed"]
     assert status["alerts"][0]["kind"] == "never-birthed"
+
+
+def test_gap_makes_a_real_reporter_rebirth(mosquitto_broker: Broker, raw_factory) -> None:
+    """Monitor -> rebirth command -> DeviceReporter -> reply and a fresh birth."""
+    url = mosquitto_broker.url
+    replies = raw_factory(topic("lab", "pi-rb", "reply"))
+    births = raw_factory(topic("lab", "pi-rb", "birth"))
+    with FleetMonitor(url, host_id="mon-rb") as m, \
+            DeviceReporter(url, "pi-rb", fleet="lab", interval_s=60) as r:
+        first = r.publish_now()
+        assert m.wait_until(lambda _: m.stats()["telemetry"] >= first.n + 1, WAIT_S), m.stats()
+        # A message with a seq far ahead of the reporter's, as if several were lost on the way.
+        forged = tele("pi-rb", (first.seq + 5) % 256, n=10_000, session=r.session)
+        replies.publish(topic("lab", "pi-rb", "telemetry"), forged.to_payload())
+        assert replies.wait_for(1), m.stats()
+        reply = decode("reply", replies.got[0][1])
+        assert births.wait_for(2), births.got  # the start-up birth, then the requested one
+        after = r.publish_now()
+        assert m.wait_until(lambda s: s[0].last_seq == after.seq, WAIT_S), m.snapshot()
+        stats = m.stats()
+    assert reply.ok and reply.id.startswith("rebirth-mon-rb-")  # type: ignore[union-attr]
+    assert stats["gaps"] == 1 and stats["rebirths_requested"] == 1, stats
+    second = decode("birth", births.got[1][1])
+    assert second.seq == 0 and second.session == r.session  # type: ignore[union-attr]
+    # The monitor followed the restarted sequence: no second gap, no second request.

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgemeta.fleet import Broker, DeviceReporter, DeviceStatus, start_broker, topic_filter
+from edgemeta.fleet import (Broker, DeviceReporter, DeviceStatus, HostState, host_topic,
+                            start_broker, topic_filter)
 from tests.integration.conftest import require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,23 @@ class Counter:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self.client.on_message = self.on_message
         self.client.on_connect = lambda c, *a: c.subscribe(topic_filter("lab"), qos=1)
-        self.client.connect("127.0.0.1", port)
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()
+        # Retries every 0.05 s while the device backs off from 1 s: after a broker restart the
+        # counter is subscribed before the device replays, so nothing is published to nobody.
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.05)
+        # A monitor-like host: retained host state online, Last Will offline (schema 2).
+        self.state_topic = host_topic("counter")
+        self.client.will_set(self.state_topic, HostState("counter", False).to_payload(), qos=1,
+                             retain=True)
+        self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
+
+    def _on_subscribe(self, c: mqtt.Client, *args: object) -> None:
+        # Subscribed first, then "online": a device waiting for a monitor replays only now.
+        c.publish(self.state_topic, HostState("counter", True, time.time()).to_payload(), qos=1,
+                  retain=True)
+        self.subscribed.set()
 
     def on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
@@ -75,8 +91,9 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
     r = DeviceReporter(first.url, "pi-off", fleet="lab", interval_s=0.05,
                        status=lambda: DeviceStatus(model_version="1.0.0", labels=["a"]),
                        keepalive_s=2, connect_timeout_s=5, spool=tmp_path / "spool",
-                       spool_max_records=BOUND, spool_fsync=False)
+                       spool_max_records=BOUND, spool_fsync=False, wait_for_monitor=True)
     counter = Counter(port)
+    assert counter.subscribed.wait(WAIT_S)
     r.start()
     try:
         assert counter.wait(lambda c: len(c.seen) >= 5), "no live telemetry"
@@ -92,9 +109,9 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
         assert r.dropped > 0, "the outage was too short to overflow the spool"
         counter.stop()
         before = dict(counter.seen)
+        counter = Counter(port)  # keeps trying until the broker is back
         second = start_broker("mosquitto", port=port)  # a NEW broker on the SAME port
         port_broker.append(second)
-        counter = Counter(port)
         # The reporter reconnects by itself (paho backoff 1 s): birth of the next connection
         # (bd_seq 1), then the spool in order, then live telemetry.
         assert counter.wait(lambda c: any(b["bd_seq"] == 1 for b in c.births)), counter.births

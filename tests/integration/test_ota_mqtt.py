@@ -79,6 +79,58 @@ def test_board_refusal_reaches_the_host_with_its_reason(tmp_path, mosquitto_brok
         board.stop()
 
 
+def test_downgrade_over_the_air_needs_the_boards_consent(tmp_path, mosquitto_broker):
+    v2 = bundle(tmp_path, "2.0.0")
+    home = board_home(tmp_path, "pi-1", v2)
+    board = start_board(mosquitto_broker.url, home, "pi-1")
+    transport = MqttTransport(f"{mosquitto_broker.url}/site-a/pi-1", timeout_s=20)
+    try:
+        with pytest.raises(InstallError, match="refuses downgrades requested over the air") as info:
+            transport.push(bundle(tmp_path, "1.5.0", seed=3), allow_downgrade=True)
+        assert info.value.reason == "downgrade"
+        assert BoardHome.at(home).current_version() == "2.0.0"
+        init_home(home, allow_ota_downgrade=True)
+        assert transport.push(bundle(tmp_path, "1.5.0", seed=3), allow_downgrade=True).changed
+        assert BoardHome.at(home).current_version() == "1.5.0"
+    finally:
+        board.stop()
+
+
+def test_a_lying_board_cannot_stop_the_engine(tmp_path, mosquitto_broker):
+    """A status asking for chunks the offer lacks is ignored; paho's thread keeps running."""
+    import json
+
+    from edgemeta.fleet import _mqtt
+    from firmware_bridge.ota.protocol import MAX_CHUNKS, ota_topic
+
+    v1, v2 = bundle(tmp_path, "1.0.0"), bundle(tmp_path, "2.0.0", size=20_000, seed=2)
+    home = board_home(tmp_path, "pi-1", v1)
+    liar = _mqtt.new_client("liar")
+    liar.connect("127.0.0.1", int(mosquitto_broker.url.rsplit(":", 1)[1]))
+    liar.loop_start()
+    try:
+        with OtaEngine(mosquitto_broker.url, offer_retry_s=0.3, answer_timeout_s=15) as engine:
+            t = engine.send("site-a", "pi-1", v2.read_bytes(), timeout_s=20)
+            for need, chunks in (([[0, MAX_CHUNKS]], MAX_CHUNKS), ([[5, 6]], 6)):
+                lie = {"schema": 1, "transfer_id": t.offer.transfer_id, "fleet": "site-a",
+                       "device": "pi-1", "state": "need", "need": need, "received": 0,
+                       "chunks": chunks, "version": None, "current_version": None,
+                       "previous_version": None, "changed": False, "reason": None,
+                       "message": None, "rejected": 0, "path": None}
+                liar.publish(ota_topic("site-a", "pi-1", "status"), json.dumps(lie), qos=1
+                             ).wait_for_publish(5)
+            deadline = time.monotonic() + 5
+            while engine.invalid < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.invalid == 2 and t.chunks_sent == 0
+            with start_board(mosquitto_broker.url, home, "pi-1"):  # the real board appears
+                assert engine.wait([t], 20) and t.ok, t.message
+    finally:
+        liar.loop_stop()
+        liar.disconnect()
+    assert BoardHome.at(home).current_version() == "2.0.0"
+
+
 def test_offline_device_fails_fast_with_a_clear_reason(tmp_path, mosquitto_broker):
     t0 = time.monotonic()
     with pytest.raises(InstallError, match="no answer") as info:
@@ -88,7 +140,7 @@ def test_offline_device_fails_fast_with_a_clear_reason(tmp_path, mosquitto_broke
 
 
 def test_interrupted_transfer_resumes_without_resending(tmp_path, mosquitto_broker):
-    v1, v2 = bundle(tmp_path, "1.0.0"), bundle(tmp_path, "2.0.0", size=40_000, seed=2)
+    v1, v2 = bundle(tmp_path, "1.0.0"), bundle(tmp_path, "2.0.0", size=160_000, seed=2)
     home = board_home(tmp_path, "pi-1", v1)
     board = start_board(mosquitto_broker.url, home, "pi-1", tick_s=None)
     kept = 0
@@ -103,7 +155,7 @@ def test_interrupted_transfer_resumes_without_resending(tmp_path, mosquitto_brok
         handle(topic, payload)
 
     board.receiver.handle = link_drops_after_20_chunks
-    chunk = 1024
+    chunk = 4096  # the smallest chunks an offer may use: 40 of them
     total = -(-v2.stat().st_size // chunk)
     with OtaEngine(mosquitto_broker.url, stall_s=0.5, max_stalls=0) as engine:
         t = engine.send("site-a", "pi-1", v2.read_bytes(), chunk_bytes=chunk, timeout_s=10)

@@ -283,6 +283,20 @@ def test_unknown_host_key_is_refused_not_accepted(sshd_server, tmp_path):
     assert empty.read_text() == ""  # nothing was learned on the way
 
 
+def test_ssh_config_that_would_accept_new_keys_is_refused_before_connecting(sshd_server,
+                                                                           tmp_path):
+    """accept-new in the user's ssh_config (not our options) would trust any unknown board."""
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    lax = tmp_path / "lax_ssh_config"
+    lax.write_text("StrictHostKeyChecking accept-new\n" + sshd_server.client_config.read_text())
+    with pytest.raises(FlashError, match=r"ssh -G.*would switch off host-key checking.*"
+                                         r"accept-new.*nothing was changed$"):
+        sshd_server.transport(tmp_path / "board", ssh_config=lax, known_hosts=empty).push(
+            _bundle(tmp_path, "1.0.0"))
+    assert empty.read_text() == "" and not (tmp_path / "board").exists()
+
+
 def test_unreachable_port_is_a_clear_error(sshd_server, tmp_path):
     transport = SSHTransport.from_url(f"ssh://{sshd_server.user}@127.0.0.1:{free_port()}"
                                       f"{tmp_path / 'board'}?python={sys.executable}",

@@ -1,0 +1,153 @@
+"""The reporter's side of the connection: paho's callbacks, the Will, the monitors' host state.
+
+Every (re)connect drops paho's leftovers, subscribes to commands and host states and (at once, or
+once a monitor says ``online``) publishes the birth followed by the first replay step. Every
+disconnect puts live messages without PUBACK back in the queue, and gives the next connection a
+larger session, the next ``bd_seq`` and its own Last Will. Mixed into
+:class:`~edgemeta.fleet.reporter.DeviceReporter`, whose state these methods share.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+
+from edgemeta.errors import MessageError
+from edgemeta.fleet.schema import HOST_ROOT, Death, decode_host_state
+
+if TYPE_CHECKING:
+    from edgemeta.fleet import _mqtt
+    from edgemeta.fleet._reporter_commands import CommandWorker
+    from edgemeta.fleet._reporter_replay import Sender
+    from edgemeta.fleet._reporter_status import StatusSource
+
+__all__ = ["LinkEvents"]
+
+log = logging.getLogger("edgemeta.fleet.reporter")
+
+
+class LinkEvents:
+    """paho callbacks and host-state tracking of :class:`DeviceReporter` (a mixin)."""
+
+    # State owned by DeviceReporter (see its __init__).
+    _lock: threading.Lock
+    _session_lock: threading.Lock
+    _client: mqtt.Client
+    _waiter: _mqtt.ConnectWaiter
+    _sender: Sender
+    _commands: CommandWorker
+    _status: StatusSource
+    _hosts: dict[str, bool]
+    _wake: threading.Event
+    _device_id: str
+    _fleet: str
+    _session: int
+    _bd_seq: int
+    _online: bool
+    _state: str
+    _wait_for_monitor: bool
+    _birth_info: mqtt.MQTTMessageInfo | None
+
+    def _set_will(self) -> None:
+        # paho sends the Will with the next CONNECT, so this must run before each (re)connect.
+        will = Death(self._device_id, self._fleet, self._session, ts=None, reason="lost",
+                     bd_seq=self._bd_seq)
+        self._client.will_set(self._topic("death"), will.to_payload(), qos=1, retain=True)
+
+    # --- paho callbacks (network thread) --------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if not reason_code.is_failure:
+            # paho would re-send the previous connection's unacknowledged messages with their old
+            # session and seq; they were put back in our queue and get fresh ones instead.
+            client.drop_out_messages()
+            with self._lock:
+                self._hosts.clear()  # a new broker may have other (or no) retained host states
+            client.subscribe([(self._topic("cmd"), 1), (f"{HOST_ROOT}/+", 1)])
+            if not self._wait_for_monitor:
+                self._go_online()
+            # else: Sparkplug-style, the birth waits for a retained "online" host state
+        self._waiter.on_connect(reason_code)
+
+    def _go_online(self) -> None:
+        """Birth, then the first replay step, then live (paho's thread, once per connection)."""
+        st = self._status.read()
+        with self._lock:
+            if self._online or not self._client.is_connected():
+                return
+            try:
+                # Published without waiting: waiting here would block the loop that has to
+                # read the PUBACK.
+                _, self._birth_info = self._publish_birth_locked(st)
+            except MessageError:
+                log.warning("birth of %s not sent: status has invalid values",
+                            self._device_id, exc_info=True)
+            self._online = True
+            # The first replay step goes out right behind the birth, before any other thread
+            # can queue more: a full spool then has room and drops nothing new.
+            self._sender.start_batch_locked()
+            reconnect = self._state == "started"
+        if reconnect:
+            try:
+                self._emit_telemetry()  # queued behind any replay: fresh metrics come last
+            except MessageError:
+                log.warning("telemetry of %s not sent: status has invalid values",
+                            self._device_id, exc_info=True)
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        with self._lock:
+            if self._state != "started":
+                return  # our own stop(), or a failed first connect
+            was_online = self._online
+            self._online = False
+            self._sender.settle_batch_locked()
+            # Live messages without PUBACK go back in the queue, in order, ahead of anything
+            # queued later; the reconnect re-sends them with fresh seq.
+            requeued = self._sender.requeue_unacked_locked()
+            # The broker may already have published this connection's Will ("lost", session S).
+            # The next connection gets a larger session, the next bd_seq and its own Will.
+            with self._session_lock:
+                if was_online:
+                    self._session = max(self._session + 1, int(time.time() * 1000))
+                    self._bd_seq = (self._bd_seq + 1) % 256
+                    self._set_will()
+                session = self._session
+        self._tell_requeued(requeued)
+        if was_online:
+            log.warning("reporter %s lost its broker connection (%s); queueing telemetry and "
+                        "reconnecting as session %d", self._device_id, reason_code, session)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._topic("cmd"):
+            self._commands.submit(message.payload)
+            return
+        if message.topic.startswith(HOST_ROOT + "/"):
+            self._on_host_state(message.topic, message.payload)
+
+    def _on_host_state(self, topic_name: str, payload: bytes) -> None:
+        if not payload:
+            with self._lock:  # a cleared retained message: that host is gone
+                self._hosts.pop(topic_name[len(HOST_ROOT) + 1:], None)
+            return
+        try:
+            state = decode_host_state(topic_name, payload)
+        except MessageError as exc:
+            log.warning("ignoring host state on %s: %s", topic_name, exc)
+            return
+        with self._lock:
+            before = any(self._hosts.values())
+            self._hosts[state.host_id] = state.online
+            after = any(self._hosts.values())
+        if after and self._wait_for_monitor:
+            self._go_online()
+        if before != after:
+            log.warning("%s: %s", self._device_id, "a monitor is listening" if after
+                        else "no monitor is listening (telemetry is still published)")
+
