@@ -359,6 +359,10 @@ class DeviceAgent:
                 if timeout <= 0 or self._stop.wait(timeout):
                     break
         finally:
+            if once and self.reporter is not None and self._reporting:
+                # A one-shot run exists to report: give the non-blocking start a bounded
+                # chance to connect, so its figures go out now rather than at the next start.
+                self.reporter.flush(5.0, wait_online=True)
             if self.ota is not None:
                 self.ota.stop()
                 self.ota = None

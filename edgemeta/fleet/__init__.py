@@ -1,4 +1,4 @@
-"""Fleet telemetry over MQTT: schema, board-side reporter, host-side monitor, local broker.
+"""The fleet over MQTT: schema, board-side reporter, host-side monitor, commands, simulator.
 
 Board-side code: imports neither TensorFlow nor amqtt (the embedded broker loads amqtt lazily).
 See docs/telemetry.md for topics, payloads and the birth/death lifecycle.
@@ -6,6 +6,7 @@ See docs/telemetry.md for topics, payloads and the birth/death lifecycle.
 
 from edgemeta.fleet.alerts import Alert, AlertConfig
 from edgemeta.fleet.broker import Broker, MosquittoSecurity, free_port, start_broker
+from edgemeta.fleet.commander import FleetCommander, encode_images
 from edgemeta.fleet.monitor import DeviceState, FleetMonitor
 from edgemeta.fleet.reporter import DeviceReporter, DeviceStatus
 from edgemeta.fleet.schema import (
@@ -28,6 +29,7 @@ from edgemeta.fleet.schema import (
     topic,
     topic_filter,
 )
+from edgemeta.fleet.simulate import FleetSimulator
 from edgemeta.fleet.view import render_table, watch
 
 __all__ = [
@@ -49,7 +51,10 @@ __all__ = [
     "DeviceReporter",
     "DeviceState",
     "DeviceStatus",
+    "FleetCommander",
     "FleetMonitor",
+    "FleetSimulator",
+    "encode_images",
     "MosquittoSecurity",
     "Telemetry",
     "TopicParts",

@@ -109,6 +109,12 @@ class Sender:
         self.dropped += self.outbox.append(record)
         return None, None, BEHIND if online else OFFLINE
 
+    def drained_locked(self) -> bool:
+        """True when nothing is queued and every live message has its PUBACK."""
+        while self._unacked_live and acknowledged(self._unacked_live[0][0]):
+            self._unacked_live.popleft()
+        return not self._unacked_live and self._batch is None and len(self.outbox.queue) == 0
+
     def requeue_unacked_locked(self) -> list[Message]:
         """Queue the live messages without PUBACK again, in order; returns them.
 

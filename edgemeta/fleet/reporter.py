@@ -302,6 +302,26 @@ class DeviceReporter(LinkEvents, StartStop):
         self._wait(info, timeout_s, "birth", strict=True)
         return msg
 
+    def flush(self, timeout_s: float = 5.0, *, wait_online: bool = False) -> bool:
+        """Wait (bounded) until everything queued is sent and acknowledged; True if it was.
+
+        When not connected it returns False at once (queued records wait for the next
+        connection, or the next start, in the disk spool), unless ``wait_online``: then it also
+        waits, within ``timeout_s``, for the connection and its birth.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            with self._lock:
+                online = self._online and self._client.is_connected()
+                if online and self._sender.drained_locked():
+                    return True
+            if not online and not wait_online:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()  # nudge the replay thread
+            time.sleep(0.02)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish a graceful death, disconnect and join the threads. Safe to call twice.
 
@@ -315,6 +335,9 @@ class DeviceReporter(LinkEvents, StartStop):
             self._state = "stopped"
             self._outbox.close()
             return
+        # A graceful stop first delivers what is waiting (the last telemetry, replays) while
+        # the link is up, so "stopped" never hides the figures of its last moments.
+        self.flush(timeout_s)
         self._stop_event.set()
         self._wake.set()
         for t in self._threads:

@@ -17,6 +17,9 @@ Both queues bound what is waiting to be sent (``max_bytes`` of records, optional
 handed out by :meth:`Spool.peek` and not yet acknowledged are never dropped: they may be on the
 wire already, and dropping them would count a delivered message as lost. Disk errors (a full SD
 card) drop the new record and count it; they are logged, never raised into the agent.
+
+The in-memory queue and the bookkeeping both share live in :mod:`edgemeta.fleet._memqueue`;
+import them from here.
 """
 
 from __future__ import annotations

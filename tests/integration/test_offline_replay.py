@@ -88,10 +88,12 @@ def port_broker() -> Iterator[list[Broker]]:
 def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_broker) -> None:
     first = port_broker[0]
     port = first.port
+    routes: list[tuple[int, str]] = []  # the reporter's per-message facts (list.append is atomic)
     r = DeviceReporter(first.url, "pi-off", fleet="lab", interval_s=0.05,
                        status=lambda: DeviceStatus(model_version="1.0.0", labels=["a"]),
                        keepalive_s=2, connect_timeout_s=5, spool=tmp_path / "spool",
-                       spool_max_records=BOUND, spool_fsync=False, wait_for_monitor=True)
+                       spool_max_records=BOUND, spool_fsync=False, wait_for_monitor=True,
+                       on_telemetry=lambda m, route: routes.append((m.n, route)))
     counter = Counter(port)
     assert counter.subscribed.wait(WAIT_S)
     r.start()
@@ -118,6 +120,7 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
         assert counter.wait(lambda c: any(not t["replayed"] for t in c.seen.values())
                             and r.queued == 0)
         final = r.publish_now()  # carries the drop count after everything above
+        facts = list(routes)  # before stop(), which may requeue what is still unacknowledged
     finally:
         r.stop()
     counter.stop()
@@ -127,12 +130,28 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
     dropped = final.dropped
     assert dropped == r.dropped > 0
     assert delivered + dropped == sent, (delivered, dropped, sent)
+    # Independently of the drop counter, from the reporter's per-message routes: per offline
+    # episode (queued offline, or live without PUBACK when the link died; a message that stayed
+    # live ends the episode), the oldest beyond the bound are dropped. The start-up may be one
+    # (queued until the monitor's host state allows the birth).
+    assert sum(route != "requeued" for _, route in facts) == sent  # one first route each
+    requeued = {n for n, route in facts if route == "requeued"}
+    first = {n: route for n, route in reversed(facts) if route != "requeued"}
+    episodes: list[list[int]] = [[]]
+    for n in sorted(first):
+        if first[n] == "offline" or n in requeued:
+            episodes[-1].append(n)
+        elif first[n] == "live" and episodes[-1]:
+            episodes.append([])
+    expected_lost = [n for ep in episodes for n in ep[:max(0, len(ep) - BOUND)]]
+    assert dropped == len(expected_lost), (dropped, [len(ep) for ep in episodes])
     # Within the bound, every message arrived: the spool kept exactly the newest BOUND.
     replayed = sorted(t["n"] for t in after.values() if t["replayed"])
     assert len(replayed) >= BOUND and replayed == list(range(replayed[0], replayed[-1] + 1))
     # The dropped ones are exactly the n's missing between the outage and the replay.
     missing = sorted(set(range(sent)) - {n for _, n in before.keys() | after.keys()})
     assert len(missing) == dropped and missing == list(range(missing[0], missing[0] + dropped))
+    assert missing == expected_lost  # the oldest of what was queued went first
     # Replayed messages keep boot/n/ts but carry the new connection's session and fresh seqs.
     birth = next(b for b in counter.births if b["bd_seq"] == 1)
     seqs = [t["seq"] for t in sorted(after.values(), key=lambda t: t["n"])]
