@@ -460,3 +460,29 @@ def test_deploy_example_config_starts_and_enforces_auth(env: Env, tmp_path: Path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(WAIT_S)
+
+
+def test_over_the_air_flash_through_tls_passwords_and_the_acl(env: Env, tmp_path: Path) -> None:
+    """`flash --to mqtts://...`: a real bundle reaches pi-01 through the secured broker."""
+    from dataclasses import replace
+
+    from edgemeta.bundle import BoardHome, init_home, pack_bundle, read_bundle
+    from firmware_bridge import flash, install_bundle
+    from firmware_bridge.ota import BoardOta
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
+    b = read_bundle(shipped)
+    home = tmp_path / "pi-01"
+    init_home(home, allow_unsigned=True)
+    install_bundle(pack_bundle(replace(b.manifest, version="1.0.0"), b.model,
+                               tmp_path / "v1.edgemeta"), home)
+    v2 = pack_bundle(replace(b.manifest, version="2.0.0"), b.model, tmp_path / "v2.edgemeta")
+    board = BoardOta(env.url("pi-01"), home, "pi-01", "lab")
+    board.start()
+    try:
+        monitor = env.url("monitor")
+        target = monitor.replace(f":{env.broker.port}?", f":{env.broker.port}/lab/pi-01?")
+        result = flash(v2, target)
+    finally:
+        board.stop()
+    assert result.version == "2.0.0" and BoardHome.at(home).current_version() == "2.0.0"
