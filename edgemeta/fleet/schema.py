@@ -87,6 +87,8 @@ class Birth(Validated):
         bd_seq: Birth/death sequence number of this connection (0-255); the Last Will of the
             same connection carries the same value.
         seq: Message sequence number: always 0 in a birth (the sequence restarts here).
+        interval_s: The device's telemetry period, so the monitor knows when silence means
+            offline (extra reports in between do not shorten it); None if it has no timer.
     """
 
     KIND: ClassVar[str] = "birth"
@@ -94,6 +96,7 @@ class Birth(Validated):
         "device_id": "id", "fleet": "id", "session": "uint", "ts": "ufloat",
         "model_version": "str?", "model_sha256": "str?", "backend": "str?", "board": "str?",
         "labels": "labels", "agent_version": "str", "bd_seq": "byte", "seq": "byte",
+        "interval_s": "ufloat?",
     }
 
     device_id: str
@@ -108,6 +111,7 @@ class Birth(Validated):
     agent_version: str
     bd_seq: int = 0
     seq: int = 0
+    interval_s: float | None = None
 
 
 @dataclass(frozen=True)
