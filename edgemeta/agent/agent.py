@@ -35,6 +35,11 @@ __all__ = ["DeviceAgent", "InboxReport", "IMAGE_SUFFIXES", "configure_logging"]
 
 log = logging.getLogger(__name__)
 RECONNECT_S = 15.0  # between attempts to start OTA when the broker was down for it
+# Starting OTA blocks the main loop while the broker does not answer (connect + subscribe, each
+# up to this): short, so SIGTERM is handled in time (the unit's TimeoutStopSec=30).
+OTA_CONNECT_TIMEOUT_S = 3.0
+# reporter.stop() in all (last telemetry, threads, graceful death): well inside TimeoutStopSec.
+REPORTER_STOP_S = 10.0
 # A board's SD card is small and logs must never fill it: 1 MiB x (1 + 3 backups) at most.
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
@@ -48,12 +53,15 @@ def configure_logging(path: str | os.PathLike[str], max_bytes: int = LOG_MAX_BYT
     Args:
         path: The log file, e.g. ``HOME/agent.log``; rotated to ``agent.log.1`` ... ``.N``.
         max_bytes: Size at which the file is rotated.
-        backups: Rotated files kept.
+        backups: Rotated files kept (>= 1; with 0 the file would never be rotated).
         level: Lowest level written to the file.
 
     Returns:
         The handler, added to the root logger (remove it to stop logging there).
     """
+    if backups < 1:
+        # RotatingFileHandler never rolls over with backupCount=0: the log would grow forever.
+        raise ValueError(f"backups must be >= 1, got {backups!r}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes,
                                                    backupCount=backups, encoding="utf-8")
@@ -111,6 +119,8 @@ class DeviceAgent:
         self._lock = threading.RLock()
         self._reporting = False
         self._next_connect = 0.0
+        self._status_snapshot: DeviceStatus | None = None
+        self._status_snapshot = self.status()
         # Remote commands (`edgemeta fleet cmd`) take the same lock as the inbox loop.
         self.commands = CommandHandler(self, self._lock, backend=backend, num_threads=num_threads)
         self.reporter = None
@@ -131,21 +141,41 @@ class DeviceAgent:
                               interval_s=a["interval_s"], status=self.status, board=a["board"],
                               backend=self.classifier.backend, command_handler=self.commands,
                               spool=self.home.root / "spool",
-                              spool_max_bytes=a["spool_max_bytes"] or DEFAULT_MAX_BYTES)
+                              spool_max_bytes=a["spool_max_bytes"] or DEFAULT_MAX_BYTES,
+                              # sessions keep growing across restarts, clock set back or not
+                              session_path=self.home.state_dir / "reporter.json")
 
     def status(self) -> "DeviceStatus":
-        """A consistent snapshot of what the board is doing, for the reporter's threads."""
+        """A consistent snapshot of what the board is doing, for the reporter's threads.
+
+        Never waits for the agent's lock: the reporter calls this on paho's network thread (on
+        every reconnect), which must keep answering the broker while an enroll or an OTA install
+        holds the lock for seconds. When the lock is busy, the last snapshot is returned; the
+        next telemetry carries the change.
+        """
+        if not self._lock.acquire(blocking=False):
+            snapshot = self._status_snapshot
+            if snapshot is not None:
+                return snapshot
+            self._lock.acquire()  # only while the agent is being built
+        try:
+            self._status_snapshot = self._compose_status()
+            return self._status_snapshot
+        finally:
+            self._lock.release()
+
+    def _compose_status(self) -> "DeviceStatus":
+        """Read the status (called with the lock held)."""
         from edgemeta.fleet import DeviceStatus
 
-        with self._lock:
-            p50, p95 = self.latency.percentiles_ms(50, 95)
-            m = self.classifier.manifest
-            return DeviceStatus(
-                model_version=m.version, model_sha256=m.model_sha256,
-                labels=tuple(self.classifier.labels), inference_count=self.latency.count,
-                latency_p50_ms=p50, latency_p95_ms=p95,
-                accuracy=self.accuracy.accuracy, evaluated=self.accuracy.evaluated,
-            )
+        p50, p95 = self.latency.percentiles_ms(50, 95)
+        m = self.classifier.manifest
+        return DeviceStatus(
+            model_version=m.version, model_sha256=m.model_sha256,
+            labels=tuple(self.classifier.labels), inference_count=self.latency.count,
+            latency_p50_ms=p50, latency_p95_ms=p95,
+            accuracy=self.accuracy.accuracy, evaluated=self.accuracy.evaluated,
+        )
 
     def _move(self, path: Path, bucket: str) -> Path:
         """Move an inbox file under ``inbox/<bucket>/`` keeping its relative path, never overwriting."""
@@ -166,24 +196,29 @@ class DeviceAgent:
         """Enroll, then classify, whatever is waiting in the inbox.
 
         Unreadable files are moved to ``inbox/failed/`` with an error record in the results file;
-        they never block the good files next to them.
+        they never block the good files next to them. After :meth:`stop` it returns between two
+        files (or label folders): the rest stays in the inbox for the next run.
         """
         enrolled: dict[str, int] = {}
         failed = 0
         self.home.results_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.home.results_path, "a", encoding="utf-8") as out:
             for label_dir in sorted(d for d in self.home.enroll_inbox.glob("*") if d.is_dir()):
+                if self._stop.is_set():
+                    break
                 n, bad = self._enroll_folder(label_dir, out)
                 failed += bad
                 if n:
                     enrolled[label_dir.name] = n
             classified = 0
-            if self.classifier.labels:
+            if self.classifier.labels and not self._stop.is_set():
                 root = self.home.classify_inbox
                 jobs = [(p, None) for p in _images_in(root)]
                 jobs += [(p, d.name) for d in sorted(x for x in root.glob("*") if x.is_dir())
                          for p in _images_in(d)]
                 for path, expected in jobs:
+                    if self._stop.is_set():
+                        break  # SIGTERM: the rest waits in the inbox for the next start
                     record = self._classify_one(path, expected)
                     ok = "error" not in record
                     record["moved_to"] = str(self._move(path, "done" if ok else "failed")
@@ -278,7 +313,8 @@ class DeviceAgent:
             return
         a = self._reporter_args
         ota = BoardOta(a["broker_url"], self.home, self.device_id, a["fleet"],
-                       on_installed=self._on_ota_installed, install=self._install_locked)
+                       on_installed=self._on_ota_installed, install=self._install_locked,
+                       connect_timeout_s=OTA_CONNECT_TIMEOUT_S)
         try:
             ota.start()
         except FleetError as exc:
@@ -367,4 +403,4 @@ class DeviceAgent:
                 self.ota.stop()
                 self.ota = None
             if self.reporter is not None and self._reporting:
-                self.reporter.stop()
+                self.reporter.stop(REPORTER_STOP_S)

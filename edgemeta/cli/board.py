@@ -48,7 +48,9 @@ def device() -> None:
 @device.command("run")
 @click.option("--home", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--id", "device_id", required=True, help="This board's device id.")
-@click.option("--broker", default=None, help="mqtt://HOST:PORT to report to (optional).")
+@click.option("--broker", default=None,
+              help="Broker to report to (optional): mqtts://USER@HOST?ca=CA.pem&password_file=F, "
+                   "or mqtt://HOST without credentials (docs/telemetry.md, Security).")
 @click.option("--fleet", default="default", show_default=True)
 @click.option("--board", default=None, help="Board profile name, reported in the birth message.")
 @click.option("--interval", default=5.0, show_default=True, help="Telemetry period in seconds.")
@@ -59,8 +61,8 @@ def device() -> None:
               help="Rotating log file [default: HOME/agent.log]; '-' logs to stderr only.")
 @click.option("--log-max-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(1024),
               help="Rotate the log file at this size.")
-@click.option("--log-backups", default=3, show_default=True, type=click.IntRange(0),
-              help="Rotated log files kept.")
+@click.option("--log-backups", default=3, show_default=True, type=click.IntRange(1),
+              help="Rotated log files kept (at least 1: with 0 the log would never rotate).")
 @click.option("--spool-max-bytes", default=8 * 1024 * 1024, show_default=True,
               type=click.IntRange(4096),
               help="Telemetry kept in HOME/spool while the broker is unreachable; oldest dropped.")

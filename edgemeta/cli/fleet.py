@@ -33,7 +33,13 @@ def _monitor_options(f: _F) -> _F:
         click.option("--latency-factor", default=2.0, show_default=True,
                      help="Alert when a device's p50 exceeds this multiple of the fleet median."),
         click.option("--host-id", default=None,
-                     help="Id of this monitor in its retained host state (default: random)."),
+                     help="Id of this monitor in its retained host state (default: "
+                     "watch-/status-/exporter-HOSTNAME). Give concurrent monitors of one "
+                     "machine different ids."),
+        click.option("--max-devices", type=click.IntRange(min=1), default=100_000,
+                     show_default=True,
+                     help="Most devices tracked; messages of further devices are counted "
+                     "(overflow) and ignored."),
         click.option("--mqtt5/--mqtt311", default=None,
                      help="MQTT version (default: 5 with --share-group, else 3.1.1). MQTT 5 "
                      "lets the broker send bursts without its per-client queue limit."),
@@ -45,17 +51,25 @@ def _monitor_options(f: _F) -> _F:
 
 def _open_monitor(broker: str, pattern: str, offline_after: float, missed_intervals: float,
                   latency_factor: float, host_id: str | None, mqtt5: bool | None,
-                  share_group: str | None = None) -> Any:
-    """A FleetMonitor for a fleet id, '+', or a glob (which subscribes to all fleets)."""
+                  max_devices: int, role: str, share_group: str | None = None) -> Any:
+    """A FleetMonitor for a fleet id, '+', or a glob (which subscribes to all fleets).
+
+    The host id defaults to ``<role>-<hostname>``: stable, so runs do not pile up retained host
+    states on the broker, and distinct per command, so a ``fleet status`` does not announce a
+    running ``fleet watch`` of the same machine offline. ``status`` is one-shot: it clears its
+    retained host state on a clean stop.
+    """
     from edgemeta.fleet import FleetMonitor
     from edgemeta.fleet.alerts import AlertConfig
+    from edgemeta.fleet.monitor import default_monitor_id
 
     glob = any(c in pattern for c in "*?[")
     cfg = AlertConfig(missed_intervals=missed_intervals, latency_factor=latency_factor,
                       offline_after_s=offline_after)
     return FleetMonitor(broker, fleet_pattern="+" if glob else pattern,
-                        offline_after_s=offline_after, alert_config=cfg, host_id=host_id,
-                        share_group=share_group, mqtt5=mqtt5)
+                        offline_after_s=offline_after, alert_config=cfg,
+                        host_id=host_id or default_monitor_id(role), share_group=share_group,
+                        mqtt5=mqtt5, transient=role == "status", max_devices=max_devices)
 
 
 def _fleet_glob(pattern: str) -> str | None:
@@ -75,7 +89,8 @@ def _fleet_glob(pattern: str) -> str | None:
 @click.option("--refresh", default=1.0, show_default=True)
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 def fleet_watch(broker: str, pattern: str, offline_after: float, missed_intervals: float,
-                latency_factor: float, host_id: str | None, mqtt5: bool | None, sort: str,
+                latency_factor: float, host_id: str | None, max_devices: int,
+                mqtt5: bool | None, sort: str,
                 filter_: str | None,
                 limit: int | None, share_group: str | None, refresh: float,
                 duration: float | None) -> None:
@@ -88,7 +103,7 @@ def fleet_watch(broker: str, pattern: str, offline_after: float, missed_interval
     if glob is not None and filter_ is not None:
         raise click.UsageError("give --filter or a --fleet pattern, not both")
     with _open_monitor(broker, pattern, offline_after, missed_intervals, latency_factor,
-                       host_id, mqtt5, share_group) as monitor:
+                       host_id, mqtt5, max_devices, "watch", share_group) as monitor:
         watch(monitor, Console(), refresh_s=refresh, duration_s=duration, sort=sort,
               pattern=glob or filter_, limit=limit)
 
@@ -100,7 +115,8 @@ def fleet_watch(broker: str, pattern: str, offline_after: float, missed_interval
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output: devices, alerts, monitor counters.")
 def fleet_status(broker: str, pattern: str, offline_after: float, missed_intervals: float,
-                 latency_factor: float, host_id: str | None, mqtt5: bool | None, wait: float,
+                 latency_factor: float, host_id: str | None, max_devices: int,
+                 mqtt5: bool | None, wait: float,
                  as_json: bool) -> None:
     """The fleet's state once, as a table or JSON."""
     import time
@@ -112,7 +128,7 @@ def fleet_status(broker: str, pattern: str, offline_after: float, missed_interva
 
     glob = _fleet_glob(pattern)
     with _open_monitor(broker, pattern, offline_after, missed_intervals, latency_factor,
-                       host_id, mqtt5) as monitor:
+                       host_id, mqtt5, max_devices, "status") as monitor:
         time.sleep(max(0.0, wait))
         if as_json:
             status = monitor.status_dict()
@@ -138,7 +154,8 @@ def fleet_status(broker: str, pattern: str, offline_after: float, missed_interva
               help="Join this MQTT shared-subscription group (several exporters split the load).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 def fleet_exporter(broker: str, pattern: str, offline_after: float, missed_intervals: float,
-                   latency_factor: float, host_id: str | None, mqtt5: bool | None, port: int,
+                   latency_factor: float, host_id: str | None, max_devices: int,
+                   mqtt5: bool | None, port: int,
                    addr: str,
                    share_group: str | None, duration: float | None) -> None:
     """Serve the fleet's state as Prometheus metrics on http://ADDR:PORT/metrics."""
@@ -150,7 +167,7 @@ def fleet_exporter(broker: str, pattern: str, offline_after: float, missed_inter
         raise click.UsageError("--fleet for the exporter is a fleet id or '+'; use Prometheus "
                                "label matchers to select fleets")
     with _open_monitor(broker, pattern, offline_after, missed_intervals, latency_factor,
-                       host_id, mqtt5, share_group) as monitor:
+                       host_id, mqtt5, max_devices, "exporter", share_group) as monitor:
         server = serve_metrics(monitor, port, host=addr)
         click.echo(f"serving {server.url} (host id {monitor.host_id})", err=True)
         end = None if duration is None else time.monotonic() + duration

@@ -3,16 +3,19 @@
 Every component that talks to a broker (reporter, monitor, OTA sender and board, agent, CLI)
 takes one URL string, so security settings live in the URL instead of in extra parameters::
 
-    mqtt://HOST[:1883]
+    mqtt://HOST[:1883]                  (mqtt://USER@HOST only when HOST is this machine)
     mqtts://[USER@]HOST[:8883][?ca=CA.pem][&cert=CLIENT.pem[&key=CLIENT.key]][&password_file=F]
 
 The password is never part of the URL: it comes from ``?password_file=PATH`` (first line) or the
 environment variable ``EDGEMETA_MQTT_PASSWORD``. A URL ends up in process lists (``--broker``),
-shell history, logs and error messages; a password in it would leak through all of them.
+shell history, logs and error messages; a password in it would leak through all of them. Nor
+does a password go over plain ``mqtt://`` (readable by anyone on the network), except to a
+loopback address (``localhost``, ``127.0.0.0/8``, ``::1``), where it never leaves the machine.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ __all__ = [
     "DEFAULT_TLS_PORT",
     "PASSWORD_ENV",
     "BrokerAddress",
+    "is_loopback",
     "parse_broker_url",
     "redact_url",
 ]
@@ -78,6 +82,17 @@ def redact_url(url: str) -> str:
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", out)
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses: traffic that never leaves the machine."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _bad(url: str, what: str) -> FleetError:
     return FleetError(f"broker URL {redact_url(url)!r} {what}: expected {_FORMS}")
 
@@ -121,7 +136,7 @@ def _password(url: str, username: str | None, password_file: str | None) -> str 
     """The password: ``password_file`` wins over the environment; None when neither is set."""
     if password_file is not None:
         if username is None:
-            raise _bad(url, "has password_file= but no user name (mqtt://USER@HOST)")
+            raise _bad(url, "has password_file= but no user name (mqtts://USER@HOST)")
         path = _readable_file(url, "password_file", password_file,
                               "a file whose first line is the MQTT password")
         data = Path(path).read_bytes()[: _MAX_PASSWORD_FILE_BYTES + 1]
@@ -153,7 +168,8 @@ def parse_broker_url(url: str) -> BrokerAddress:
     Raises:
         FleetError: Another scheme, no host, a bad port, a path, an unknown or repeated query
             parameter, a password written into the URL, TLS files given for ``mqtt://``, a ``key``
-            without ``cert``, or a named file that does not exist or cannot be read.
+            without ``cert``, a named file that does not exist or cannot be read, or a password
+            that would go unencrypted over ``mqtt://`` to a host other than this machine.
     """
     if not isinstance(url, str):
         raise FleetError(f"broker URL must be a string like mqtt://127.0.0.1:1883, got {url!r}")
@@ -183,6 +199,13 @@ def parse_broker_url(url: str) -> BrokerAddress:
     if username is not None and (not username or ":" in username
                                  or any(ord(c) < 32 for c in username)):
         raise _bad(url, f"has an invalid user name {username!r}")
+    password = _password(url, username, query.get("password_file"))
+    if password is not None and not tls and not is_loopback(parts.hostname):
+        raise FleetError(
+            f"broker URL {redact_url(url)!r} would send the password of user {username!r} "
+            f"unencrypted over plain mqtt:// to {parts.hostname!r}: expected "
+            f"mqtts://{username}@{parts.hostname}[:8883]?ca=CA.pem (TLS; see deploy/mosquitto) "
+            "or a loopback host (127.0.0.1, localhost)")
     ca = cert = key = None
     if "ca" in query:
         ca = _readable_file(url, "ca", query["ca"], "a PEM file with the CA certificate that "
@@ -194,6 +217,5 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(
         host=parts.hostname,
         port=port if port is not None else (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
-        tls=tls, ca=ca, cert=cert, key=key, username=username,
-        password=_password(url, username, query.get("password_file")),
+        tls=tls, ca=ca, cert=cert, key=key, username=username, password=password,
     )

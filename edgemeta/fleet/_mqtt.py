@@ -7,6 +7,7 @@ TLS and authentication failures into :class:`FleetError` messages that say what 
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from typing import Any
@@ -19,6 +20,7 @@ from edgemeta.fleet._broker_url import (
     DEFAULT_TLS_PORT,
     PASSWORD_ENV,
     BrokerAddress,
+    is_loopback,
     parse_broker_url,
     redact_url,
 )
@@ -34,7 +36,10 @@ __all__ = [
     "new_client",
     "parse_broker_url",
     "tls_context",
+    "wait_acked",
 ]
+
+log = logging.getLogger("edgemeta.fleet.reporter")
 
 # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 counterparts 134/135: the broker did not accept who we
 # claimed to be, as opposed to being unavailable.
@@ -130,16 +135,47 @@ def configure(client: mqtt.Client, addr: BrokerAddress, url: str) -> None:
     :func:`connect` calls it; code that connects on its own (``connect_async``) calls it first.
 
     Raises:
-        FleetError: The CA file or the client certificate/key cannot be loaded.
+        FleetError: The CA file or the client certificate/key cannot be loaded, or a password
+            would go over plain MQTT to a host other than this machine.
     """
     if addr.tls and not getattr(client, _TLS_DONE, False):
         client.tls_set_context(tls_context(addr, url))
         setattr(client, _TLS_DONE, True)
     if addr.username is not None:
+        if addr.password is not None and not addr.tls and not is_loopback(addr.host):
+            # parse_broker_url refuses this already; a hand-made BrokerAddress must not slip by.
+            raise FleetError(f"refusing to send the password of {addr.username!r} unencrypted "
+                             f"over {redact_url(url)}: expected mqtts:// (TLS)")
         client.username_pw_set(addr.username, addr.password)
 
 
 _configure = configure  # the name the reporter's connect_async path first used
+
+
+def wait_acked(info: mqtt.MQTTMessageInfo, timeout_s: float, what: str,
+               strict: bool = False) -> bool:
+    """Wait (bounded) for a PUBACK; True if it came, else raise FleetError (``strict``) or log.
+
+    Args:
+        info: What ``client.publish`` returned.
+        timeout_s: Longest wait.
+        what: Names the message in the error, e.g. ``"birth of pi-01 to mqtt://..."``.
+        strict: Raise instead of logging a warning.
+    """
+    problem: str | None = None
+    try:
+        info.wait_for_publish(max(0.0, timeout_s))
+        if not info.is_published():
+            problem = f"no PUBACK within {timeout_s:g} s"
+    except (RuntimeError, ValueError) as exc:
+        problem = str(exc)
+    if problem is None:
+        return True
+    text = f"{what} not acknowledged: {problem}"
+    if strict:
+        raise FleetError(text)
+    log.warning("%s", text)
+    return False
 
 
 def _socket_error(exc: OSError, addr: BrokerAddress, url: str) -> FleetError:
@@ -174,7 +210,7 @@ def _refusal(waiter: ConnectWaiter, addr: BrokerAddress, url: str, timeout_s: fl
             who = (f"user {addr.username!r} without a password (neither ?password_file= nor "
                    f"{PASSWORD_ENV} was set)")
         return (f"the broker refused {who}: not authorized ({waiter.failure}); expected a "
-                f"user the broker knows (mqtt://USER@HOST) with its password in {PASSWORD_ENV} "
+                f"user the broker knows (mqtts://USER@HOST) with its password in {PASSWORD_ENV} "
                 "or ?password_file=PATH, allowed by the broker's ACL to use this client's topics")
     if waiter.failure:
         return waiter.failure

@@ -11,13 +11,17 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemeta.errors import MessageError
-from edgemeta.fleet.schema import Command, decode, validate_id
+from edgemeta.fleet.schema import Command, Reply as ReplyMessage, decode, validate_id
 
-__all__ = ["CommandHandler", "CommandWorker", "command_id_of"]
+if TYPE_CHECKING:
+    from edgemeta.fleet._reporter_replay import Sender
+
+__all__ = ["CommandEvents", "CommandHandler", "CommandWorker", "command_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ def command_id_of(payload: bytes) -> str:
     try:
         obj = json.loads(bytes(payload).decode("utf-8"))
         return validate_id(obj.get("id"), "command id") if isinstance(obj, dict) else "invalid"
-    except (ValueError, MessageError):
+    except Exception:  # noqa: BLE001 - RecursionError, ValueError, MessageError...: paho's thread
         return "invalid"
 
 
@@ -72,30 +76,39 @@ class CommandWorker:
                              "expected the sender to wait for replies before sending more")
 
     def stop(self, timeout_s: float) -> None:
-        """Let the running command finish (bounded by ``timeout_s``) and end the thread."""
+        """Let the running command finish and end the thread, within ``timeout_s`` in all."""
         if not self._started:
             return
+        deadline = time.monotonic() + max(0.0, timeout_s)
         try:
-            self._queue.put(_STOP, timeout=timeout_s)
+            self._queue.put(_STOP, timeout=max(0.0, timeout_s))
         except queue.Full:
             pass  # the daemon thread dies with the process
-        self._thread.join(timeout_s)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs."""
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            assert isinstance(item, bytes)
-            self.handle(item)
+            try:
+                self.handle(item)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - the worker must outlive any one command
+                log.exception("command worker: unexpected error; going on with the next command")
 
     def handle(self, payload: bytes) -> None:
         """Decode, dispatch and reply to one command; never raises."""
         try:
             cmd = decode("cmd", payload)
-        except MessageError as exc:
+        except Exception as exc:  # noqa: BLE001 - MessageError, or a bug: answer, never die
             # A refused command changes nothing; the reply says why.
-            self._safe_reply(command_id_of(payload), False, None, str(exc))
+            text = str(exc) if isinstance(exc, MessageError) else f"command not readable: {exc!r}"
+            self._safe_reply(command_id_of(payload), False, None, text)
             return
         assert isinstance(cmd, Command)
         try:
@@ -116,3 +129,41 @@ class CommandWorker:
             self._reply(cid, ok, result, error)
         except Exception:  # noqa: BLE001 - e.g. an unsendable result; logged, worker goes on
             log.exception("reply to command %s not sent", cid)
+
+
+class CommandEvents:
+    """The reporter's side of commands: run ``rebirth``/``report``, queue replies (a mixin)."""
+
+    # State and methods of DeviceReporter.
+    _lock: threading.Lock
+    _sender: Sender
+    _wake: threading.Event
+    _device_id: str
+    _fleet: str
+    _handler: CommandHandler | None
+
+    def _send_reply(self, cid: str, ok: bool, result: dict[str, Any] | None,
+                    error: str | None) -> None:
+        try:
+            reply = ReplyMessage(cid, self._device_id, self._fleet, 0, 0, time.time(), ok, result,
+                                 error)
+            reply.to_payload()  # size and JSON checks before it can reach the queue
+        except (MessageError, TypeError, ValueError, RecursionError) as exc:
+            reply = ReplyMessage(cid, self._device_id, self._fleet, 0, 0, time.time(), False,
+                                 None, f"the result could not be sent: {exc}")
+        with self._lock:
+            _, info, _ = self._sender.emit_locked("reply", reply.to_dict())
+        if info is None:
+            self._wake.set()
+
+    def _dispatch(self, cmd: Command) -> tuple[bool, dict[str, Any] | None, str | None]:
+        """Run one command on the worker thread (rebirth/report here, the rest by the agent)."""
+        if cmd.command == "rebirth":
+            birth = self.publish_birth()
+            return True, {"bd_seq": birth.bd_seq, "session": birth.session}, None
+        if cmd.command == "report":
+            msg, _ = self._emit_telemetry()
+            return True, {"n": msg.n}, None
+        if self._handler is None:
+            return False, None, f"this device does not accept {cmd.command}"
+        return self._handler(cmd)

@@ -9,10 +9,11 @@ larger session, the next ``bd_seq`` and its own Last Will. Mixed into
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
@@ -23,11 +24,30 @@ if TYPE_CHECKING:
     from edgemeta.fleet import _mqtt
     from edgemeta.fleet._reporter_commands import CommandWorker
     from edgemeta.fleet._reporter_replay import Sender
+    from edgemeta.fleet._reporter_session import SessionClock
     from edgemeta.fleet._reporter_status import StatusSource
 
-__all__ = ["LinkEvents"]
+__all__ = ["LinkEvents", "never_raises"]
+
+# More monitors than this announcing themselves at once is abuse, not a deployment.
+MAX_HOSTS = 64
 
 log = logging.getLogger("edgemeta.fleet.reporter")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def never_raises(fn: F) -> F:
+    """Log and swallow any exception: paho 2.x lets a callback's exception end its network
+    thread (no more keepalives, reconnects or PUBACKs), so no callback may raise."""
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - keep paho's thread alive whatever happened
+            log.exception("reporter: %s failed; the connection goes on", fn.__name__)
+            return None
+    return guarded  # type: ignore[return-value]
 
 
 class LinkEvents:
@@ -36,6 +56,7 @@ class LinkEvents:
     # State owned by DeviceReporter (see its __init__).
     _lock: threading.Lock
     _session_lock: threading.Lock
+    _clock: SessionClock
     _client: mqtt.Client
     _waiter: _mqtt.ConnectWaiter
     _sender: Sender
@@ -48,6 +69,7 @@ class LinkEvents:
     _session: int
     _bd_seq: int
     _online: bool
+    _births: int
     _state: str
     _wait_for_monitor: bool
     _birth_info: mqtt.MQTTMessageInfo | None
@@ -62,6 +84,13 @@ class LinkEvents:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
+        try:
+            self._connected(client, reason_code)
+        except Exception:  # noqa: BLE001 - paho's thread must survive; the waiter still hears
+            log.exception("reporter %s: handling the connection failed", self._device_id)
+        self._waiter.on_connect(reason_code)
+
+    def _connected(self, client: mqtt.Client, reason_code: Any) -> None:
         if not reason_code.is_failure:
             # paho would re-send the previous connection's unacknowledged messages with their old
             # session and seq; they were put back in our queue and get fresh ones instead.
@@ -72,7 +101,6 @@ class LinkEvents:
             if not self._wait_for_monitor:
                 self._go_online()
             # else: Sparkplug-style, the birth waits for a retained "online" host state
-        self._waiter.on_connect(reason_code)
 
     def _go_online(self) -> None:
         """Birth, then the first replay step, then live (paho's thread, once per connection)."""
@@ -88,10 +116,11 @@ class LinkEvents:
                 log.warning("birth of %s not sent: status has invalid values",
                             self._device_id, exc_info=True)
             self._online = True
+            reconnect = self._births > 0  # the first connection's telemetry is the timer's
+            self._births += 1
             # The first replay step goes out right behind the birth, before any other thread
             # can queue more: a full spool then has room and drops nothing new.
             self._sender.start_batch_locked()
-            reconnect = self._state == "started"
         if reconnect:
             try:
                 self._emit_telemetry()  # queued behind any replay: fresh metrics come last
@@ -100,6 +129,7 @@ class LinkEvents:
                             self._device_id, exc_info=True)
         self._wake.set()
 
+    @never_raises
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         with self._lock:
@@ -115,7 +145,8 @@ class LinkEvents:
             # The next connection gets a larger session, the next bd_seq and its own Will.
             with self._session_lock:
                 if was_online:
-                    self._session = max(self._session + 1, int(time.time() * 1000))
+                    # max(now, last + 1), kept in the state file across restarts too.
+                    self._session = self._clock.next(self._session + 1)
                     self._bd_seq = (self._bd_seq + 1) % 256
                     self._set_will()
                 session = self._session
@@ -124,8 +155,16 @@ class LinkEvents:
             log.warning("reporter %s lost its broker connection (%s); queueing telemetry and "
                         "reconnecting as session %d", self._device_id, reason_code, session)
 
+    @never_raises
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._topic("cmd"):
+            if message.retain:
+                # A retained command would be carried out again on every reconnect (and by
+                # a replaced board): commands are one-shot, so it is ignored.
+                log.warning("reporter %s: ignoring a retained command on %s (%d bytes); "
+                            "commands must be published without the retain flag",
+                            self._device_id, message.topic, len(message.payload))
+                return
             self._commands.submit(message.payload)
             return
         if message.topic.startswith(HOST_ROOT + "/"):
@@ -143,7 +182,14 @@ class LinkEvents:
             return
         with self._lock:
             before = any(self._hosts.values())
-            self._hosts[state.host_id] = state.online
+            if state.online:
+                self._hosts[state.host_id] = True
+            else:
+                # Only online hosts matter; forgetting offline ones keeps the table bounded by
+                # the monitors actually running, however many have come and gone.
+                self._hosts.pop(state.host_id, None)
+            while len(self._hosts) > MAX_HOSTS:
+                self._hosts.pop(next(iter(self._hosts)))
             after = any(self._hosts.values())
         if after and self._wait_for_monitor:
             self._go_online()

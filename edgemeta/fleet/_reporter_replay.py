@@ -30,8 +30,8 @@ from edgemeta.errors import MessageError
 from edgemeta.fleet._reporter_outbox import Outbox, decode_record, encode_record
 from edgemeta.fleet.schema import Reply, Telemetry
 
-__all__ = ["BEHIND", "LIVE", "OFFLINE", "REPLAY_BATCH", "REQUEUED", "ROUTES", "Sender",
-           "acknowledged"]
+__all__ = ["BEHIND", "BEHIND_KEY", "LIVE", "OFFLINE", "REPLAY_BATCH", "REQUEUED", "ROUTES",
+           "Sender", "acknowledged"]
 
 log = logging.getLogger("edgemeta.fleet.reporter")  # the reporter's messages, as before
 
@@ -44,6 +44,9 @@ ROUTES = (LIVE, OFFLINE, BEHIND, REQUEUED)
 # Spooled records sent per replay step before waiting for their PUBACKs: enough to keep the link
 # busy, few enough that a disconnect mid-step re-sends little.
 REPLAY_BATCH = 32
+# Marks a queued record composed while online (route BEHIND): sent with ``replayed: false``. Only
+# what was queued while the reporter was not online (or put back after a lost PUBACK) is a replay.
+BEHIND_KEY = "_behind"
 # A replay step whose PUBACKs do not all arrive in this time is sent again (de-duplicated).
 _REPLAY_ACK_TIMEOUT_S = 30.0
 
@@ -106,6 +109,10 @@ class Sender:
             msg, info = self._publish(kind, fields, False)
             self._unacked_live.append((info, record, msg))
             return msg, info, LIVE
+        if online:
+            # Composed while online, only waiting behind older records: fresh, so it is sent
+            # with replayed: false and the monitor shows its metrics (see BEHIND_KEY).
+            record = encode_record(kind, {**fields, BEHIND_KEY: True})
         self.dropped += self.outbox.append(record)
         return None, None, BEHIND if online else OFFLINE
 
@@ -136,8 +143,12 @@ class Sender:
         while not stop_event.is_set():
             wake.wait(0.5)
             wake.clear()
-            while not stop_event.is_set() and self.replay_step(stop_event):
-                pass
+            try:
+                while not stop_event.is_set() and self.replay_step(stop_event):
+                    pass
+            except Exception:  # noqa: BLE001 - e.g. a failing SD card: retry, never end
+                log.exception("replay of %s failed; trying again", self._device_id)
+                stop_event.wait(1.0)
 
     def replay_step(self, stop_event: threading.Event) -> bool:
         """Wait for the current replay batch (starting one if needed); True if more may follow."""

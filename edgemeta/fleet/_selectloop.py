@@ -15,6 +15,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgemeta.fleet._guard import guarded
+
 __all__ = ["SelectLoop"]
 
 _RW = selectors.EVENT_READ | selectors.EVENT_WRITE
@@ -39,10 +41,13 @@ class SelectLoop:
 
     def attach(self, client: mqtt.Client) -> None:
         """Take over ``client``'s socket events; call before its first ``connect()``."""
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
+        # Guarded: paho re-raises callback exceptions, which would end the whole simulation.
+        client.on_socket_open = guarded(self._on_socket_open, "select loop on_socket_open")
+        client.on_socket_close = guarded(self._on_socket_close, "select loop on_socket_close")
+        client.on_socket_register_write = guarded(self._on_register_write,
+                                                  "select loop on_socket_register_write")
+        client.on_socket_unregister_write = guarded(self._on_unregister_write,
+                                                    "select loop on_socket_unregister_write")
         self._clients.append(client)
 
     @property

@@ -34,6 +34,8 @@ class SimDevice:
         boot_ms: Milliseconds since the epoch when the simulated process started; also the
             first session id.
         seed: Seed of this device's metrics, so runs are reproducible.
+        interval_s: Telemetry period announced in the birth (the monitor's silence limit is
+            never shorter than a few of these); None announces none.
 
     Attributes:
         sent: Telemetry messages built by :meth:`telemetry` (the simulator publishes each one).
@@ -41,7 +43,7 @@ class SimDevice:
     """
 
     def __init__(self, device_id: str, fleet: str, boot_ms: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, interval_s: float | None = None) -> None:
         self.device_id = validate_id(device_id, "device id")
         self.fleet = validate_id(fleet, "fleet")
         self.boot = int(time.time() * 1000) if boot_ms is None else int(boot_ms)
@@ -52,6 +54,7 @@ class SimDevice:
         self.n = 0
         self.sent = 0
         self.acked = 0
+        self.interval_s = interval_s
         rng = random.Random(seed)
         self._rng = rng
         self._labels = tuple(rng.sample(_LABELS, rng.randint(2, 5)))
@@ -85,7 +88,7 @@ class SimDevice:
             device_id=self.device_id, fleet=self.fleet, session=self.session, ts=time.time(),
             model_version=_MODEL_VERSION, model_sha256=_MODEL_SHA256, backend="ai_edge_litert",
             board="sim", labels=self._labels, agent_version=__version__,
-            bd_seq=max(self.bd_seq, 0), seq=0,
+            bd_seq=max(self.bd_seq, 0), seq=0, interval_s=self.interval_s,
         )
 
     def _next_seq(self) -> int:

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 
 from edgemeta.errors import FleetError, InputError, MessageError
 from edgemeta.fleet import _mqtt
+from edgemeta.fleet._guard import guarded
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet.schema import (
     Command,
@@ -100,9 +101,10 @@ class FleetCommander(StartStop):
         self.ignored = 0  # replies that matched no waiting call (late, foreign or malformed)
         # Random suffix: two commanders of one host must not push each other off the broker.
         self._client = _mqtt.new_client(f"edgemeta-cmd-{self.host_id}-{secrets.token_hex(4)}")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        # Guarded: an exception escaping a paho callback would end the network thread.
+        self._client.on_connect = guarded(self._on_connect, "commander on_connect")
+        self._client.on_subscribe = guarded(self._on_subscribe, "commander on_subscribe")
+        self._client.on_message = guarded(self._on_message, "commander on_message")
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -205,8 +207,9 @@ class FleetCommander(StartStop):
             if (reply.fleet, reply.device_id) != (parts.fleet, parts.device_id):
                 raise MessageError(f"reply names {reply.fleet}/{reply.device_id} but came on "
                                    f"{topic_name}: expected them to match")
-        except MessageError as exc:
-            log.warning("ignoring malformed reply on %r: %s", topic_name, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError from nested JSON
+            log.warning("ignoring malformed reply on %r: %s", topic_name,
+                        exc if isinstance(exc, MessageError) else repr(exc))
             with self._lock:
                 self.ignored += 1
             return False

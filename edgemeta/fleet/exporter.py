@@ -36,7 +36,7 @@ __all__ = ["FleetCollector", "MetricsServer", "serve_metrics"]
 _DEV = ["fleet", "device"]
 # Monitor counters exported as *_total; "devices" is a gauge.
 _COUNTERS = ("messages", "telemetry", "telemetry_unique", "duplicates", "unverifiable", "gaps",
-             "missed", "late", "errors", "rebirths_requested", "rebirths_suppressed")
+             "missed", "late", "errors", "rebirths_requested", "rebirths_suppressed", "overflow")
 
 
 def _metrics() -> Any:

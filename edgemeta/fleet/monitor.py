@@ -24,8 +24,10 @@ import paho.mqtt.client as mqtt
 
 from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
+from edgemeta.fleet._guard import guarded
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet.alerts import Alert, AlertConfig, evaluate, silence_limit
+from edgemeta.fleet.commander import default_host_id
 from edgemeta.fleet.schema import (
     Birth,
     Command,
@@ -40,10 +42,11 @@ from edgemeta.fleet.schema import (
     topic_filter,
     validate_id,
 )
-from edgemeta.fleet.tracker import DeviceState, FleetTracker
+from edgemeta.fleet.tracker import MAX_DEVICES, DeviceState, FleetTracker
 from edgemeta.fleet.view import render_table, watch
 
-__all__ = ["MAX_ERRORS", "DeviceState", "FleetMonitor", "render_table", "watch"]
+__all__ = ["MAX_DEVICES", "MAX_ERRORS", "DeviceState", "FleetMonitor", "default_monitor_id",
+           "render_table", "watch"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,15 @@ _WAIT_PUBACK_S = 5.0
 _Tracked = Birth | Telemetry | Death | Reply
 
 
+def default_monitor_id(role: str = "monitor") -> str:
+    """A stable host id ``<role>-<hostname>`` (at most 64 characters of the id alphabet).
+
+    Stable, so every run of a tool on one machine reuses one retained host-state topic instead of
+    leaving a new ``online: false`` behind each time (devices download every retained state).
+    """
+    return f"{role}-{default_host_id()}"[:64].rstrip("-.")
+
+
 class FleetMonitor(StartStop):
     """Subscribes to ``edgemeta/v1/<fleet_pattern>/+/+`` and tracks every device seen.
 
@@ -71,8 +83,15 @@ class FleetMonitor(StartStop):
         clock: Time source in unix seconds; injectable for tests.
         connect_timeout_s: How long :meth:`start` waits for the broker.
         alert_config: Alert thresholds (``offline_after_s`` above overrides its field).
-        host_id: Id of this monitor in its retained host state (``edgemeta/v1/_host/<id>``); a
-            random ``monitor-<hex>`` by default. A stable id keeps one retained state per host.
+        host_id: Id of this monitor in its retained host state (``edgemeta/v1/_host/<id>``);
+            ``monitor-<hostname>`` by default (:func:`default_monitor_id`), so repeated runs
+            reuse one retained topic. Two monitors running at once on one machine should get
+            different ids: the one that stops says ``online: false`` for both.
+        transient: A one-shot monitor (``fleet status``, a roll-out's discovery): a clean
+            :meth:`stop` clears its retained host state (empty retained payload) instead of
+            leaving ``online: false`` on the broker. Its Last Will still says ``online: false``.
+        max_devices: Most devices tracked; messages of further devices are counted
+            (``overflow`` in :meth:`stats`), logged and otherwise ignored.
         share_group: Join this MQTT shared-subscription group for telemetry and replies, so
             several monitors split the load. Uses MQTT 5. Gap detection is off in this mode
             unless ``detect_gaps`` says otherwise (each monitor sees only part of a sequence).
@@ -86,7 +105,7 @@ class FleetMonitor(StartStop):
             1,000 queued for an MQTT 3.1.1 client). The embedded amqtt broker refuses MQTT 5.
 
     Raises:
-        FleetError: On a bad URL or threshold.
+        FleetError: On a bad URL, threshold or ``max_devices``.
         MessageError: On a bad ``fleet_pattern``, ``host_id`` or ``share_group``.
     """
 
@@ -106,6 +125,8 @@ class FleetMonitor(StartStop):
         rebirth_interval_s: float = 10.0,
         publish: Callable[[str, bytes], None] | None = None,
         mqtt5: bool | None = None,
+        transient: bool = False,
+        max_devices: int = MAX_DEVICES,
     ) -> None:
         _mqtt.parse_broker_url(broker_url)
         if (isinstance(offline_after_s, bool) or not isinstance(offline_after_s, (int, float))
@@ -116,15 +137,19 @@ class FleetMonitor(StartStop):
         self._url = broker_url
         self._fleet_pattern = fleet_pattern
         self._filter = topic_filter(fleet=fleet_pattern)
-        self.host_id = validate_id(host_id, "host id") if host_id is not None \
-            else f"monitor-{secrets.token_hex(4)}"
+        self.host_id = validate_id(host_id if host_id is not None else default_monitor_id(),
+                                   "host id")
+        self.transient = bool(transient)
         self.share_group = validate_id(share_group, "share group") \
             if share_group is not None else None
         self._clock = clock
         self._connect_timeout_s = float(connect_timeout_s)
+        if isinstance(max_devices, bool) or not isinstance(max_devices, int) or max_devices < 1:
+            raise FleetError(f"max_devices must be an integer >= 1, got {max_devices!r}")
         self._tracker = FleetTracker(
             detect_gaps=(share_group is None) if detect_gaps is None else bool(detect_gaps),
             rebirth_interval_s=float(rebirth_interval_s),
+            max_devices=max_devices,
         )
         self._request_rebirth = request_rebirth
         self.mqtt5 = share_group is not None if mqtt5 is None else bool(mqtt5)
@@ -151,9 +176,10 @@ class FleetMonitor(StartStop):
             client.reconnect_delay_set(min_delay=1, max_delay=30)
         offline = HostState(self.host_id, online=False, ts=None)
         client.will_set(host_topic(self.host_id), offline.to_payload(), qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        # Guarded: an exception escaping a paho callback would end the network thread.
+        client.on_connect = guarded(self._on_connect, "monitor on_connect")
+        client.on_message = guarded(self._on_message, "monitor on_message")
+        client.on_subscribe = guarded(self._on_subscribe, "monitor on_subscribe")
         return client
 
     @property
@@ -190,14 +216,16 @@ class FleetMonitor(StartStop):
         self._started = True
 
     def stop(self) -> None:
-        """Publish ``online: false``, disconnect and stop the network thread. Safe to call twice."""
+        """Publish ``online: false`` (a transient monitor: clear the retained host state),
+        disconnect and stop the network thread. Safe to call twice."""
         if not self._started:
             return
         self._started = False
         if self._client.is_connected():
-            state = HostState(self.host_id, online=False, ts=time.time())
-            info = self._client.publish(host_topic(self.host_id), state.to_payload(), qos=1,
-                                        retain=True)
+            # An empty retained payload deletes the retained message: devices drop that host.
+            payload = b"" if self.transient else \
+                HostState(self.host_id, online=False, ts=time.time()).to_payload()
+            info = self._client.publish(host_topic(self.host_id), payload, qos=1, retain=True)
             try:
                 info.wait_for_publish(_WAIT_PUBACK_S)
             except (RuntimeError, ValueError):
@@ -216,6 +244,14 @@ class FleetMonitor(StartStop):
         """
         rebirth: tuple[str, str, str] | None = None
         error: str | None = None
+        if not payload:
+            # A cleared retained message (a one-shot monitor's host state, a decommissioned
+            # device's birth; MQTT 3.1.1 forwards a live clear with retain=0): it deletes
+            # something, it is not a malformed message.
+            with self._cond:
+                self._tracker.stats["messages"] += 1
+                self._cond.notify_all()
+            return
         try:
             parts = parse_topic(topic_name)
             if parts.kind in _TRACKED:
@@ -312,7 +348,8 @@ class FleetMonitor(StartStop):
         ``(boot, n)``), ``duplicates``, ``unverifiable`` (too old for the replay window),
         ``gaps`` (gap events), ``missed`` (sequence numbers skipped), ``late`` (messages of an
         older connection), ``errors``, ``rebirths_requested``, ``rebirths_suppressed`` (by the
-        per-device rate limit) and ``devices``.
+        per-device rate limit), ``overflow`` (messages of devices beyond ``max_devices``,
+        ignored) and ``devices``.
         """
         with self._cond:
             return self._tracker.stats_dict()

@@ -23,13 +23,14 @@ from edgemeta import __version__
 from edgemeta.errors import FleetError, MessageError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
-from edgemeta.fleet._reporter_commands import CommandHandler, CommandWorker
+from edgemeta.fleet._reporter_commands import CommandEvents, CommandHandler, CommandWorker
 from edgemeta.fleet._reporter_link import LinkEvents
 from edgemeta.fleet._reporter_outbox import Outbox
-from edgemeta.fleet._reporter_replay import REQUEUED, ROUTES, Sender
+from edgemeta.fleet._reporter_replay import BEHIND_KEY, REQUEUED, ROUTES, Sender
+from edgemeta.fleet._reporter_session import MAX_LABELS_SENT, SessionClock, labels_to_send
 from edgemeta.fleet._reporter_status import DeviceStatus, StatusSource
 from edgemeta.fleet.schema import (
-    Birth, Command, Death, Reply, Telemetry, topic, validate_id,
+    Birth, Death, Reply, Telemetry, topic, validate_id,
 )
 from edgemeta.fleet.spool import DEFAULT_MAX_BYTES, MemoryQueue, Spool
 
@@ -37,14 +38,11 @@ __all__ = ["DeviceStatus", "DeviceReporter", "MAX_LABELS_SENT"]
 
 log = logging.getLogger(__name__)
 
-# Payloads are capped at 64 KiB; a board with thousands of classes must still report. The first
-# MAX_LABELS_SENT labels are sent; n_classes stays exact.
-MAX_LABELS_SENT = 256
 # Called with each composed telemetry message and its route (see _reporter_replay).
 TelemetryHook = Callable[[Telemetry, str], None]
 
 
-class DeviceReporter(LinkEvents, StartStop):
+class DeviceReporter(LinkEvents, CommandEvents, StartStop):
     """Publishes one device's birth, telemetry every ``interval_s``, replies and death.
 
     The Last Will (``Death(reason="lost")``, retained, QoS 1, with this connection's ``bd_seq``)
@@ -68,6 +66,9 @@ class DeviceReporter(LinkEvents, StartStop):
         spool_max_bytes: Bound on the queued records in bytes; the oldest are dropped first.
         spool_max_records: Optional bound on the number of queued records.
         spool_fsync: fsync every spooled record (off only for tests/benchmarks).
+        session_path: File keeping the last session id (e.g. ``HOME/state/reporter.json``), so
+            a restart with the clock set back (a board without RTC) still gets a larger session
+            and is not ignored by monitors; None: sessions follow the clock across restarts.
         command_handler: Carries out commands other than ``rebirth`` and ``report``: called with
             the :class:`Command` on a worker thread, returns ``(ok, result, error)``. None answers
             every such command with ``ok: false``.
@@ -107,6 +108,7 @@ class DeviceReporter(LinkEvents, StartStop):
         command_handler: CommandHandler | None = None,
         wait_for_monitor: bool = False,
         on_telemetry: TelemetryHook | None = None,
+        session_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self._url = broker_url
         self._addr = _mqtt.parse_broker_url(broker_url)  # fail at construction, not in a thread
@@ -126,9 +128,11 @@ class DeviceReporter(LinkEvents, StartStop):
         self._handler = command_handler
         self._wait_for_monitor = bool(wait_for_monitor)
         self._on_telemetry = on_telemetry
-        # Milliseconds since the epoch: a restarted process always gets a larger session. Each
-        # reconnect takes a larger one too (see _on_disconnect).
-        self._session = int(time.time() * 1000)
+        # Milliseconds since the epoch, but always larger than the last one (persisted in
+        # session_path): a restarted process gets a larger session even if the clock went back.
+        # Each reconnect takes a larger one too (see _on_disconnect).
+        self._clock = SessionClock(session_path, self._device_id)
+        self._session = self._clock.next()
         self._boot = self._session  # constant for the process: (boot, n) names a telemetry
         self._n = 0
         self._bd_seq = 0  # Sparkplug bdSeq: +1 per connection, shared by birth and Last Will
@@ -140,6 +144,7 @@ class DeviceReporter(LinkEvents, StartStop):
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._online = False  # a birth was published on the current connection
+        self._births = 0  # connections that went online (the first sends no extra telemetry)
         self._hosts: dict[str, bool] = {}
         self._stop_event = threading.Event()
         self._wake = threading.Event()
@@ -232,15 +237,24 @@ class DeviceReporter(LinkEvents, StartStop):
         """
         if self._state != "new":
             raise FleetError(f"reporter is {self._state}: expected a new reporter (create another)")
-        if wait:
-            _mqtt.connect(self._client, self._url, self._keepalive_s, self._connect_timeout_s,
-                          self._waiter)
-        else:
-            _mqtt._configure(self._client, self._addr, self._url)
-            self._client.connect_async(self._addr.host, self._addr.port, self._keepalive_s)
-            self._client.loop_start()  # paho retries the first connection too
-        self._state = "started"
+        # "started" before paho's thread runs: a disconnect right after the first connection
+        # must be handled (online flag cleared) or the next connection would send no birth.
+        with self._lock:
+            self._state = "started"
         self._t0 = time.monotonic()
+        try:
+            if wait:
+                _mqtt.connect(self._client, self._url, self._keepalive_s,
+                              self._connect_timeout_s, self._waiter)
+            else:
+                _mqtt.configure(self._client, self._addr, self._url)
+                self._client.connect_async(self._addr.host, self._addr.port, self._keepalive_s)
+                self._client.loop_start()  # paho retries the first connection too
+        except BaseException:
+            with self._lock:
+                self._state = "new"  # nothing runs: stop() or another start() may follow
+                self._online = False
+            raise
         info = self._birth_info
         if wait and info is not None:
             self._wait(info, self._connect_timeout_s, "birth")
@@ -329,20 +343,29 @@ class DeviceReporter(LinkEvents, StartStop):
         loses them; their number is logged).
 
         Args:
-            timeout_s: Longest wait for each thread and for the death's PUBACK.
+            timeout_s: Longest wait in all, shared by the flush (at most half), the threads and
+                the death's PUBACK (at least a quarter, up to 1 s, is kept for it), so a
+                service manager's stop timeout can rely on it.
         """
         if self._state != "started":
             self._state = "stopped"
             self._outbox.close()
             return
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        death_s = min(1.0, max(0.0, timeout_s) / 4)
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - time.monotonic())
+
         # A graceful stop first delivers what is waiting (the last telemetry, replays) while
         # the link is up, so "stopped" never hides the figures of its last moments.
-        self.flush(timeout_s)
+        self.flush(left() / 2)
         self._stop_event.set()
         self._wake.set()
         for t in self._threads:
-            t.join(timeout_s)
-        self._commands.stop(timeout_s)
+            t.join(left(death_s))
+        self._commands.stop(left(death_s))
+        timeout_s = max(left(), 0.01)  # what remains is for the graceful death
         with self._lock:
             self._state = "stopped"  # from here on, a disconnect is our own
             info = None
@@ -388,8 +411,8 @@ class DeviceReporter(LinkEvents, StartStop):
             device_id=self._device_id, fleet=self._fleet, session=self.session,
             ts=time.time(), model_version=st.model_version, model_sha256=st.model_sha256,
             backend=self._backend, board=self._board,
-            labels=tuple(st.labels[:MAX_LABELS_SENT]), agent_version=__version__,
-            bd_seq=self.bd_seq, seq=0,
+            labels=labels_to_send(st.labels), agent_version=__version__,
+            bd_seq=self.bd_seq, seq=0, interval_s=self._interval_s,
         )
         info = self._client.publish(self._topic("birth"), msg.to_payload(), qos=1, retain=True)
         return msg, info
@@ -404,7 +427,7 @@ class DeviceReporter(LinkEvents, StartStop):
             msg = Telemetry(
                 device_id=self._device_id, fleet=self._fleet, session=0, seq=0, ts=time.time(),
                 uptime_s=time.monotonic() - self._t0, model_version=st.model_version,
-                model_sha256=st.model_sha256, labels=tuple(st.labels[:MAX_LABELS_SENT]),
+                model_sha256=st.model_sha256, labels=labels_to_send(st.labels),
                 n_classes=len(st.labels), inference_count=st.inference_count,
                 latency_p50_ms=st.latency_p50_ms, latency_p95_ms=st.latency_p95_ms,
                 rss_bytes=rss, accuracy=st.accuracy, evaluated=st.evaluated, boot=self._boot,
@@ -437,55 +460,25 @@ class DeviceReporter(LinkEvents, StartStop):
                         ) -> tuple[Telemetry | Reply, mqtt.MQTTMessageInfo]:
         # Called with self._lock held (by the Sender).
         """Stamp session and the next seq on a queued/live message and hand it to paho."""
-        fields = {k: v for k, v in fields.items() if k != "schema"}
-        fields.update(session=self.session, seq=self._next_seq())
+        # Queued while online by this process: fresh, not a replay (one of an earlier run is).
+        replayed = replayed and not (fields.get(BEHIND_KEY) and fields.get("boot") == self._boot)
+        fields = {k: v for k, v in fields.items() if k not in ("schema", BEHIND_KEY)}
+        # The seq is used up only once the message is valid and encoded: a record that fails
+        # here must not leave a gap the monitor would answer with a rebirth request.
+        fields.update(session=self.session, seq=(self._seq + 1) % 256)
         if kind == "telemetry":
             msg: Telemetry | Reply = Telemetry(**{**fields, "replayed": replayed})
         else:
             msg = Reply(**fields)
-        return msg, self._client.publish(self._topic(kind), msg.to_payload(), qos=1)
-
-    def _send_reply(self, cid: str, ok: bool, result: dict[str, Any] | None,
-                    error: str | None) -> None:
-        try:
-            reply = Reply(cid, self._device_id, self._fleet, 0, 0, time.time(), ok, result, error)
-            reply.to_payload()  # size and JSON checks before it can reach the queue
-        except (MessageError, TypeError, ValueError) as exc:
-            reply = Reply(cid, self._device_id, self._fleet, 0, 0, time.time(), False, None,
-                          f"the result could not be sent: {exc}")
-        with self._lock:
-            _, info, _ = self._sender.emit_locked("reply", reply.to_dict())
-        if info is None:
-            self._wake.set()
-
-    def _dispatch(self, cmd: Command) -> tuple[bool, dict[str, Any] | None, str | None]:
-        """Run one command on the worker thread (rebirth/report here, the rest by the agent)."""
-        if cmd.command == "rebirth":
-            birth = self.publish_birth()
-            return True, {"bd_seq": birth.bd_seq, "session": birth.session}, None
-        if cmd.command == "report":
-            msg, _ = self._emit_telemetry()
-            return True, {"n": msg.n}, None
-        if self._handler is None:
-            return False, None, f"this device does not accept {cmd.command}"
-        return self._handler(cmd)
+        payload = msg.to_payload()
+        self._next_seq()
+        return msg, self._client.publish(self._topic(kind), payload, qos=1)
 
     def _wait(self, info: mqtt.MQTTMessageInfo, timeout_s: float, what: str,
               strict: bool = False) -> None:
         """Wait for a PUBACK; raise FleetError when ``strict``, else log a warning."""
-        problem: str | None = None
-        try:
-            info.wait_for_publish(timeout_s)
-            if not info.is_published():
-                problem = f"no PUBACK within {timeout_s:g} s"
-        except (RuntimeError, ValueError) as exc:
-            problem = str(exc)
-        if problem is None:
-            return
-        text = f"{what} of {self._device_id} to {self._shown_url} not acknowledged: {problem}"
-        if strict:
-            raise FleetError(text)
-        log.warning("%s", text)
+        _mqtt.wait_acked(info, timeout_s, f"{what} of {self._device_id} to {self._shown_url}",
+                         strict=strict)
 
     # --- threads --------------------------------------------------------------------------------
 
@@ -500,3 +493,6 @@ class DeviceReporter(LinkEvents, StartStop):
             except MessageError:
                 log.warning("telemetry of %s not sent: status has invalid values",
                             self._device_id, exc_info=True)
+            except Exception:  # noqa: BLE001 - e.g. a failing SD card under the spool
+                log.exception("telemetry of %s failed; trying again in %g s", self._device_id,
+                              self._interval_s)

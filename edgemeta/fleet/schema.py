@@ -394,6 +394,23 @@ def _decode_as(cls: type[Validated], kind: str, payload: bytes) -> Validated:
         raise MessageError(f"{kind} payload is not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise MessageError(f"{kind} payload is not JSON: {exc}") from None
+    except MessageError:
+        raise  # NaN/Infinity, from _reject_constant
+    except RecursionError:
+        # b"[" * 30000 is far below the size cap; callers run on paho's network thread.
+        raise MessageError(f"{kind} payload is nested too deeply: expected a flat JSON "
+                           "object") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError for an over-long integer
+        raise MessageError(f"{kind} payload is not usable JSON: {type(exc).__name__}: "
+                           f"{str(exc)[:200]}") from None
+    try:
+        return _from_object(cls, kind, obj)
+    except RecursionError:  # checking (or describing) a value nested close to the limit
+        raise MessageError(f"{kind} payload is nested too deeply: expected a flat JSON "
+                           "object") from None
+
+
+def _from_object(cls: type[Validated], kind: str, obj: Any) -> Validated:
     if not isinstance(obj, dict):
         raise MessageError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
     version = obj.get("schema", MISSING)

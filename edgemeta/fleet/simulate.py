@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 
 from edgemeta.errors import FleetError
 from edgemeta.fleet import _mqtt
+from edgemeta.fleet._guard import guarded
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet._selectloop import SelectLoop
 from edgemeta.fleet._simdevice import SimDevice
@@ -196,19 +197,24 @@ class FleetSimulator(StartStop):
         self._connect_timeout_s = (10.0 + 0.01 * devices if connect_timeout_s is None
                                    else float(connect_timeout_s))
         boot_ms = int(time.time() * 1000)
+        self._guarded_connect = guarded(self._on_connect, "simulator on_connect")
+        self._guarded_disconnect = guarded(self._on_disconnect, "simulator on_disconnect")
+        self._guarded_publish = guarded(self._on_publish, "simulator on_publish")
         self._conns: list[_Conn] = []
         self._loop = SelectLoop(misc_period_s=_MISC_PERIOD_S)
         for i in range(devices):
-            dev = SimDevice(f"{prefix}-{i:05d}", fleet, boot_ms=boot_ms, seed=seed + i)
+            dev = SimDevice(f"{prefix}-{i:05d}", fleet, boot_ms=boot_ms, seed=seed + i,
+                            interval_s=1.0 / self._rate)
             client = _mqtt.new_client(f"edgemeta-{fleet}-{dev.device_id}")
             if self._username is not None:
                 client.username_pw_set(self._username, self._password)
             conn = _Conn(dev, client, dev.topic("telemetry"), dev.topic("birth"),
                          dev.topic("death"))
             client.user_data_set(conn)
-            client.on_connect = self._on_connect
-            client.on_disconnect = self._on_disconnect
-            client.on_publish = self._on_publish
+            # Guarded: paho re-raises callback exceptions, which would end the whole run.
+            client.on_connect = self._guarded_connect
+            client.on_disconnect = self._guarded_disconnect
+            client.on_publish = self._guarded_publish
             self._loop.attach(client)
             self._conns.append(conn)
         self.stats = SimulationStats(devices=devices)

@@ -8,6 +8,7 @@ to JSON decoding.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from edgemeta.fleet.schema import Birth, Death, Reply, Telemetry
 
 __all__ = [
     "MAX_BOOTS_TRACKED",
+    "MAX_DEVICES",
     "REPLAY_WINDOW",
     "RESYNC",
     "SEQ_MODULUS",
@@ -24,9 +26,15 @@ __all__ = [
     "SeenWindow",
 ]
 
+log = logging.getLogger(__name__)
+
 SEQ_MODULUS = 256
-# A distance of 128 or more ahead is read as "behind" (a redelivery), as in TCP serial arithmetic:
-# with a 0-255 counter nothing further can be told apart.
+# Devices tracked by default: a device (or anything allowed to publish on "+") must not grow the
+# table without limit. About 1 KiB each, so the default costs ~100 MB at most.
+MAX_DEVICES = 100_000
+# Overflow is logged at most once per this many seconds of monitor time.
+_OVERFLOW_LOG_S = 60.0
+# A duplicate telemetry message (same (boot, n)) whose seq is 128+ "ahead" is read as behind.
 _HALF = SEQ_MODULUS // 2
 # How many telemetry numbers before the newest one are remembered per boot: 4096 bits = 512 bytes,
 # over an hour of 1 Hz telemetry, so a long spool replay arriving after live messages still
@@ -54,7 +62,8 @@ class DeviceState:
     session was received; ``bd_seq`` is that birth's birth/death sequence number; ``gaps`` counts
     sequence gaps seen (``missed`` the message numbers skipped by them) and ``last_gap_at`` is
     the monitor's time of the latest; ``interval_s`` is the telemetry cadence estimated from the
-    device's own timestamps (None before two consecutive messages); ``inference_rate`` is
+    device's own timestamps, never below the timer period the birth announced (None while
+    neither is known); ``inference_rate`` is
     inferences per second between the last two telemetry messages; ``telemetry`` and
     ``duplicates`` count telemetry received and telemetry seen twice (same ``(boot, n)``);
     ``agent_version`` comes from the birth.
@@ -146,9 +155,20 @@ class _Device:
     duplicates: int = 0
     seen: dict[int, SeenWindow] = field(default_factory=dict)  # boot -> numbers seen
 
+    @property
+    def cadence_s(self) -> float | None:
+        """The telemetry interval for the silence limit: the estimate from the device's
+        timestamps, never below the timer period its birth announced (extra reports in between,
+        e.g. answers to ``report`` commands, shrink the estimate but not the period)."""
+        floor = self.birth.interval_s if self.birth is not None else None
+        if floor is None:
+            return self.interval_s
+        return floor if self.interval_s is None else max(floor, self.interval_s)
+
 
 _STAT_KEYS = ("messages", "telemetry", "telemetry_unique", "duplicates", "unverifiable",
-              "gaps", "missed", "late", "errors", "rebirths_requested", "rebirths_suppressed")
+              "gaps", "missed", "late", "errors", "rebirths_requested", "rebirths_suppressed",
+              "overflow")
 
 
 class FleetTracker:
@@ -158,13 +178,23 @@ class FleetTracker:
         detect_gaps: Check ``seq`` continuity. Off for a monitor in a shared-subscription group,
             which sees only part of each device's messages.
         rebirth_interval_s: At most one rebirth request per device in this many seconds.
+        max_devices: Most devices kept; a message of a further device is counted as
+            ``overflow``, logged (at most once a minute) and otherwise ignored.
+
+    Raises:
+        ValueError: If ``max_devices`` is not a positive integer.
     """
 
-    def __init__(self, detect_gaps: bool = True, rebirth_interval_s: float = 10.0) -> None:
+    def __init__(self, detect_gaps: bool = True, rebirth_interval_s: float = 10.0,
+                 max_devices: int = MAX_DEVICES) -> None:
+        if isinstance(max_devices, bool) or not isinstance(max_devices, int) or max_devices < 1:
+            raise ValueError(f"max_devices must be an integer >= 1, got {max_devices!r}")
         self.detect_gaps = detect_gaps
         self.rebirth_interval_s = rebirth_interval_s
+        self.max_devices = max_devices
         self.devices: dict[tuple[str, str], _Device] = {}
         self.stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+        self._overflow_logged_at: float | None = None
 
     def apply(self, msg: Birth | Telemetry | Death | Reply, now: float,
               retained: bool = False) -> str | None:
@@ -183,15 +213,19 @@ class FleetTracker:
         key = (msg.fleet, msg.device_id)
         dev = self.devices.get(key)
         if dev is None:
+            if len(self.devices) >= self.max_devices:
+                self._overflow(msg, now)
+                return None
             dev = self.devices[key] = _Device(msg.fleet, msg.device_id)
+        duplicate = False
         if isinstance(msg, Telemetry):
-            self._count_telemetry(dev, msg)
+            duplicate = self._count_telemetry(dev, msg) == "duplicate"
         if isinstance(msg, Death):
             why = self._apply_death(dev, msg)
         elif isinstance(msg, Birth):
             why = self._apply_birth(dev, msg, now, retained)
         else:
-            why = self._apply_alive(dev, msg, now)
+            why = self._apply_alive(dev, msg, now, duplicate)
         if why is None:
             return None
         if dev.last_rebirth_at is not None and now - dev.last_rebirth_at < self.rebirth_interval_s:
@@ -201,9 +235,19 @@ class FleetTracker:
         self.stats["rebirths_requested"] += 1
         return why
 
+    def _overflow(self, msg: Birth | Telemetry | Death | Reply, now: float) -> None:
+        self.stats["overflow"] += 1
+        last = self._overflow_logged_at
+        if last is None or not 0 <= now - last < _OVERFLOW_LOG_S:
+            self._overflow_logged_at = now
+            log.warning("device table full (%d devices): ignoring %s/%s and every other new "
+                        "device (%d messages so far); raise max_devices if the fleet is really "
+                        "this large", self.max_devices, msg.fleet, msg.device_id,
+                        self.stats["overflow"])
+
     # --- per kind -------------------------------------------------------------------------------
 
-    def _count_telemetry(self, dev: _Device, msg: Telemetry) -> None:
+    def _count_telemetry(self, dev: _Device, msg: Telemetry) -> str:
         # (boot, n) identifies a telemetry message whatever its session or seq, so replays and
         # QoS 1 redeliveries are recognised even across reconnects.
         self.stats["telemetry"] += 1
@@ -221,6 +265,7 @@ class FleetTracker:
             dev.duplicates += 1
         else:
             self.stats["unverifiable"] += 1
+        return verdict
 
     def _apply_death(self, dev: _Device, msg: Death) -> str | None:
         # Deaths from older sessions than one already known are stale (typically the retained
@@ -261,7 +306,8 @@ class FleetTracker:
         dev.expected_seq = RESYNC if retained else (msg.seq + 1) % SEQ_MODULUS
         return None
 
-    def _apply_alive(self, dev: _Device, msg: Telemetry | Reply, now: float) -> str | None:
+    def _apply_alive(self, dev: _Device, msg: Telemetry | Reply, now: float,
+                     duplicate: bool = False) -> str | None:
         if dev.alive_session is not None and msg.session < dev.alive_session:
             self.stats["late"] += 1
             return None  # a late message of a previous connection
@@ -270,7 +316,7 @@ class FleetTracker:
             dev.inference_rate = None
         dev.alive_session = msg.session
         dev.last_seen = now
-        if isinstance(msg, Telemetry):
+        if isinstance(msg, Telemetry) and not duplicate:
             self._update_metrics(dev, msg)
         if dev.born_session != msg.session:
             # A message of a connection whose birth this monitor never saw (started late on a
@@ -278,9 +324,10 @@ class FleetTracker:
             dev.expected_seq = None
             return ("never born" if dev.born_session is None
                     else f"no birth for session {msg.session}")
-        return self._check_seq(dev, msg.seq, now)
+        return self._check_seq(dev, msg.seq, now, duplicate)
 
-    def _check_seq(self, dev: _Device, seq: int, now: float) -> str | None:
+    def _check_seq(self, dev: _Device, seq: int, now: float,
+                   duplicate: bool = False) -> str | None:
         if not self.detect_gaps or dev.expected_seq is None:
             return None
         expected = dev.expected_seq
@@ -288,22 +335,32 @@ class FleetTracker:
             dev.expected_seq = (seq + 1) % SEQ_MODULUS
             return None
         ahead = (seq - expected) % SEQ_MODULUS
-        if ahead == 0:
-            dev.expected_seq = (seq + 1) % SEQ_MODULUS
+        if duplicate and ahead >= _HALF:
+            # A telemetry message already counted by (boot, n) with a seq behind: the very same
+            # packet delivered again. (A replay re-sent with a fresh seq is ahead, and checked.)
             return None
-        if ahead >= _HALF:
-            return None  # behind: a QoS 1 redelivery of a message already counted
+        dev.expected_seq = (seq + 1) % SEQ_MODULUS
+        if ahead == 0:
+            return None
+        # Any other seq is a gap, however far ahead: with clean sessions and a resync on every
+        # reconnect of the monitor, a connection sees no redeliveries except the duplicates
+        # above. Reading a jump of 128+ as "behind" would leave the check stuck after a big loss
+        # until seq wrapped. The loss may exceed ``ahead`` by multiples of 256.
         self.stats["gaps"] += 1
         self.stats["missed"] += ahead
         dev.gaps += 1
         dev.missed += ahead
         dev.last_gap_at = now
-        dev.expected_seq = (seq + 1) % SEQ_MODULUS
         return f"sequence gap: expected seq {expected}, got {seq} ({ahead} missing)"
 
     @staticmethod
     def _update_metrics(dev: _Device, msg: Telemetry) -> None:
         prev = dev.telemetry
+        if msg.replayed and (prev is not None or dev.born_session == msg.session):
+            # A spool replay is older than anything live: the reporter sends it after the birth
+            # and before fresh telemetry. Whether from this boot or an earlier one (possibly
+            # with another model), it must not replace what is shown; it is still counted.
+            return
         if prev is not None and prev.boot == msg.boot and msg.n <= prev.n:
             return  # a replay or redelivery of something older: keep the newest metrics
         if prev is not None and prev.boot == msg.boot and msg.ts > prev.ts:
@@ -334,7 +391,7 @@ class FleetTracker:
                 silence after which it counts as offline.
         """
         devices = sorted(self.devices.values(), key=lambda d: (d.fleet, d.device_id))
-        return [_state_of(d, now, silence_limit(d.interval_s)) for d in devices]
+        return [_state_of(d, now, silence_limit(d.cadence_s)) for d in devices]
 
     def stats_dict(self) -> dict[str, Any]:
         """A copy of the counters plus the number of devices."""
@@ -382,7 +439,7 @@ def _state_of(dev: _Device, now: float, limit_s: float) -> DeviceState:
         gaps=dev.gaps,
         missed=dev.missed,
         last_gap_at=dev.last_gap_at,
-        interval_s=dev.interval_s,
+        interval_s=dev.cadence_s,
         inference_rate=dev.inference_rate,
         telemetry=dev.telemetry_count,
         duplicates=dev.duplicates,

@@ -126,6 +126,7 @@ def render_table(
     """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     now = time.time() if now is None else now
     shown = sort_states(filter_states(states, pattern), sort)
@@ -153,10 +154,12 @@ def render_table(
         lat = "-" if st.latency_p50_ms is None else \
             f"{st.latency_p50_ms:.2f}/{_fmt(st.latency_p95_ms, '.2f')}"
         kinds = by_device.get((st.fleet, st.device_id), [])
+        # Device-supplied strings go in as Text, never as markup: a model version "[/]" would
+        # raise MarkupError and "[blink]" would restyle the table.
         table.add_row(
-            st.device_id, st.fleet, state, _ago(st.last_seen, now), st.model_version or "-",
-            str(st.n_classes), _fmt(st.inference_rate, ".1f"), lat, acc,
-            f"[yellow]{', '.join(kinds)}[/yellow]" if kinds else "",
+            Text(st.device_id), Text(st.fleet), state, _ago(st.last_seen, now),
+            Text(st.model_version or "-"), str(st.n_classes), _fmt(st.inference_rate, ".1f"),
+            lat, acc, Text(", ".join(kinds), style="yellow"),
         )
     return table
 

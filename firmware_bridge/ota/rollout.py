@@ -121,11 +121,15 @@ def discover(broker_url: str, pattern: str, wait_s: float = 3.0) -> list[Any]:
         the retained messages stopped arriving (0.3 s of quiet), at most ``wait_s``.
     """
     from edgemeta.fleet import FleetMonitor
+    from edgemeta.fleet.monitor import default_monitor_id
 
     pattern = _normalise_pattern(pattern)
     fleet_part = pattern.split("/")[0]
     literal = not any(c in fleet_part for c in "*?[")
-    with FleetMonitor(broker_url, fleet_pattern=fleet_part if literal else "+") as monitor:
+    # One-shot: a stable per-host id whose retained host state is cleared again on stop, so
+    # roll-outs leave nothing behind on the broker for every device to download.
+    with FleetMonitor(broker_url, fleet_pattern=fleet_part if literal else "+",
+                      host_id=default_monitor_id("rollout"), transient=True) as monitor:
         deadline = time.monotonic() + wait_s
         seen, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -142,20 +146,22 @@ def discover(broker_url: str, pattern: str, wait_s: float = 3.0) -> list[Any]:
 def render_rollout(report: RolloutReport) -> Any:
     """A rich Table of the roll-out, one row per device."""
     from rich.table import Table
+    from rich.text import Text
 
     colours = {"installed": "green", "up-to-date": "green", "failed": "red", "offline": "yellow",
                "not-started": "yellow"}
-    table = Table(title=f"roll-out of {report.version} to {report.pattern}")
+    table = Table(title=Text(f"roll-out of {report.version} to {report.pattern}"))
     for col in ("device", "phase", "state", "chunks", "before", "time", "detail"):
         table.add_column(col, justify="right" if col in ("chunks", "time") else "left")
     for d in report.devices:
         colour = colours.get(d.state, "cyan")
         detail = f"{d.reason}: {d.message}" if d.reason else (d.message or "")
-        table.add_row(d.name, d.phase, f"[{colour}]{d.state}[/]",
+        # Device-supplied strings as Text, never markup (a version "[/]" raises MarkupError).
+        table.add_row(Text(d.name), d.phase, Text(d.state, style=colour),
                       f"{d.received}/{d.chunks}" if d.chunks else "",
-                      d.version_before or "-",
+                      Text(d.version_before or "-"),
                       f"{d.seconds:.1f} s" if d.seconds is not None else "",
-                      detail[:80])
+                      Text(detail[:80]))
     return table
 
 

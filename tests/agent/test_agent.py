@@ -148,3 +148,90 @@ def test_agent_follows_a_model_flashed_while_it_runs(tmp_path):
     agent.run(once=True)
     assert agent.classifier.manifest.version == "9.1.0"
     assert agent.classifier.labels == ["bar"]
+
+
+def test_status_does_not_wait_for_the_agent_lock(home):
+    """paho's thread reads the status on every reconnect: an enroll/OTA holding the lock
+    must not stall it (no PINGREQ/PUBACK handling meanwhile)."""
+    import threading
+    import time
+
+    agent = DeviceAgent(home, "dev-1")
+    agent.process_inbox()
+    fresh = agent.status()
+    assert fresh.labels == ("g0", "g1", "g2") and fresh.inference_count == 10
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with agent._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        assert held.wait(5)
+        t0 = time.monotonic()
+        snapshot = agent.status()
+        assert time.monotonic() - t0 < 0.5
+        assert snapshot == fresh  # the last snapshot
+    finally:
+        release.set()
+        t.join(5)
+
+
+def test_stop_during_a_long_inbox_returns_between_files(home):
+    """SIGTERM (agent.stop()) must not wait for the whole inbox: systemd kills after 30 s."""
+    agent = DeviceAgent(home, "dev-1")
+    real = agent._classify_one
+    done = []
+
+    def slow(path, expected):
+        done.append(path)
+        if len(done) == 2:
+            agent.stop()  # the signal arrives while the second file is classified
+        return real(path, expected)
+
+    agent._classify_one = slow
+    report = agent.process_inbox()
+    assert report.enrolled == {"g0": 3, "g1": 3, "g2": 3}
+    assert len(done) == 2 and report.classified + report.failed == 2
+    left = list((home / "inbox" / "classify").rglob("*.png"))
+    assert len(left) == 11 - 2  # the rest waits for the next start, untouched
+
+
+def test_stop_skips_the_remaining_enroll_folders(home):
+    agent = DeviceAgent(home, "dev-1")
+    agent.stop()
+    report = agent.process_inbox()
+    assert report.enrolled == {} and report.classified == 0
+    assert len(list((home / "inbox" / "enroll").rglob("*.png"))) == 9
+
+
+def test_reporter_keeps_its_session_in_the_board_home(home):
+    import json as _json
+
+    from edgemeta.fleet import free_port
+
+    agent = DeviceAgent(home, "dev-1", broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    agent.reporter.stop()  # never started: releases the spool for the next agent
+    state = home / "state" / "reporter.json"
+    assert _json.loads(state.read_text()) == {"session": agent.reporter.session}
+    # The next start reads it: larger even if this board's clock were set back meanwhile.
+    state.write_text(_json.dumps({"session": agent.reporter.session + 10**9}))
+    again = DeviceAgent(home, "dev-1", broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    again.reporter.stop()
+    assert again.reporter.session == agent.reporter.session + 10**9 + 1
+
+
+def test_log_backups_must_be_at_least_one(tmp_path):
+    from click.testing import CliRunner
+
+    from edgemeta.agent.agent import configure_logging
+    from edgemeta.cli import cli
+
+    with pytest.raises(ValueError, match="backups must be >= 1"):
+        configure_logging(tmp_path / "agent.log", backups=0)
+    result = CliRunner().invoke(cli, ["device", "run", "--home", str(tmp_path), "--id", "d",
+                                      "--log-backups", "0", "--once"])
+    assert result.exit_code == 2 and "--log-backups" in result.output

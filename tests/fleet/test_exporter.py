@@ -83,6 +83,7 @@ def test_collector_metrics(monitor: FleetMonitor) -> None:
     assert got[("edgemeta_monitor_gaps_total", ())] == 1
     assert got[("edgemeta_monitor_telemetry_unique_total", ())] == 7
     assert got[("edgemeta_monitor_devices", ())] == 4
+    assert got[("edgemeta_monitor_overflow_total", ())] == 0  # devices beyond max_devices
 
 
 def test_http_endpoint_on_loopback(monitor: FleetMonitor) -> None:

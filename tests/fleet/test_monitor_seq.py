@@ -309,3 +309,105 @@ def test_monitor_reconnect_resyncs_every_device(monitor: FleetMonitor, sent: Sen
     monitor._tracker.resync()  # what _on_connect does on a reconnect
     feed(monitor, tele(30))
     assert monitor.stats()["gaps"] == 0 and sent == []
+
+
+# --- review 2: big losses, replays of earlier boots, announced interval, device cap -------------
+
+def test_loss_of_128_or_more_is_a_gap_not_a_redelivery(monitor: FleetMonitor, sent: Sent) -> None:
+    feed(monitor, birth())
+    for s in (1, 2, 3):
+        feed(monitor, tele(s))
+    feed(monitor, tele(204, n=203))  # 200 messages lost: formerly read as "behind"
+    stats = monitor.stats()
+    assert (stats["gaps"], stats["missed"], stats["rebirths_requested"]) == (1, 200, 1)
+    assert "expected seq 4, got 204" in sent[0][1].args["reason"]
+    feed(monitor, tele(205, n=204))  # checking goes on from there, not stuck until a wrap
+    feed(monitor, tele(207, n=206))
+    assert monitor.stats()["gaps"] == 2
+
+
+def test_redelivered_packet_with_an_old_seq_is_still_not_a_gap(monitor: FleetMonitor) -> None:
+    feed(monitor, birth())
+    for s in range(1, 6):
+        feed(monitor, tele(s))
+    feed(monitor, tele(2))  # the same (boot, n) and seq again: a redelivery
+    feed(monitor, tele(6))
+    stats = monitor.stats()
+    assert stats["gaps"] == 0 and stats["duplicates"] == 1
+
+
+def test_replay_of_an_earlier_boot_does_not_replace_the_shown_metrics(
+        monitor: FleetMonitor) -> None:
+    from dataclasses import replace
+
+    feed(monitor, birth(session=100))
+    feed(monitor, replace(tele(1, boot=7), model_version="1.0", latency_p50_ms=1.0))
+    # The board restarted (boot 8) with model 2.0; its birth comes first, then the spool
+    # replays boot 7's unsent telemetry (model 1.0, slow), then live telemetry.
+    b2 = replace(birth(session=200, bd_seq=1), model_version="2.0")
+    feed(monitor, b2)
+    for i, n in enumerate((1, 2)):
+        feed(monitor, replace(tele(i + 1, n=n, session=200, boot=7, replayed=True),
+                              latency_p50_ms=50.0))
+    st = monitor.device("pi-01")
+    assert st is not None and st.model_version == "2.0" and st.latency_p50_ms is None
+    assert monitor.stats()["telemetry"] == 3  # still counted
+    feed(monitor, replace(tele(3, n=0, session=200, boot=8), model_version="2.0",
+                          latency_p50_ms=2.0))
+    # A late replay after live telemetry does not replace it either.
+    feed(monitor, replace(tele(4, n=3, session=200, boot=7, replayed=True), latency_p50_ms=50.0))
+    st = monitor.device("pi-01")
+    assert st is not None and (st.model_version, st.latency_p50_ms) == ("2.0", 2.0)
+    assert monitor.stats()["gaps"] == 0
+
+
+def test_announced_interval_is_the_floor_of_the_silence_limit(clock: Clock, sent: Sent) -> None:
+    from dataclasses import replace
+
+    m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, offline_after_s=30)
+    feed(m, replace(birth(), interval_s=20.0))
+    clock.now += 45  # no telemetry yet: 3 x 20 s, not offline_after_s
+    assert m.device("pi-01").state == "online"  # type: ignore[union-attr]
+    feed(m, replace(birth(), interval_s=10.0))
+    # Extra reports (e.g. answers to "report" commands) 0.5 s apart shrink the estimate ...
+    for i in range(5):
+        feed(m, tele(i + 1, n=i, ts=1000.0 + 0.5 * i))
+    clock.now += 20  # ... but 20 s of silence is within 3 x 10 s
+    st = m.device("pi-01")
+    assert st is not None and st.state == "online" and st.interval_s == 10.0
+    clock.now += 11
+    assert m.device("pi-01").state == "offline"  # type: ignore[union-attr]
+
+
+def test_device_table_is_capped(clock: Clock, sent: Sent, caplog: pytest.LogCaptureFixture) -> None:
+    from edgemeta.errors import FleetError
+
+    m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, max_devices=2)
+    with caplog.at_level("WARNING", logger="edgemeta.fleet.tracker"):
+        for d in ("pi-01", "pi-02", "pi-03", "pi-04"):
+            feed(m, birth(device=d))
+        feed(m, tele(1, device="pi-03"))
+    stats = m.stats()
+    assert (stats["devices"], stats["overflow"], stats["errors"]) == (2, 3, 0)
+    assert [s.device_id for s in m.snapshot()] == ["pi-01", "pi-02"]
+    assert sent == []  # no rebirth requests to devices that are not tracked
+    assert sum("device table full (2 devices)" in r.message for r in caplog.records) == 1
+    feed(m, tele(1, device="pi-02"))  # known devices go on
+    assert m.device("pi-02").telemetry == 1  # type: ignore[union-attr]
+    with pytest.raises(FleetError, match="max_devices"):
+        FleetMonitor("mqtt://127.0.0.1:1", max_devices=0)
+
+
+def test_cleared_retained_messages_are_not_errors(monitor: FleetMonitor) -> None:
+    monitor.handle("edgemeta/v1/_host/status-ws", b"", retained=True)
+    monitor.handle(topic("lab", "pi-01", "birth"), b"", retained=True)
+    monitor.handle(topic("lab", "pi-01", "death"), b"")  # a live clear comes with retain=0
+    assert monitor.error_count == 0 and monitor.message_count == 3 and monitor.snapshot() == []
+
+
+def test_default_host_id_is_stable_per_machine() -> None:
+    from edgemeta.fleet.commander import default_host_id
+
+    a, b = FleetMonitor("mqtt://127.0.0.1:1"), FleetMonitor("mqtt://127.0.0.1:1")
+    assert a.host_id == b.host_id == f"monitor-{default_host_id()}"[:64].rstrip("-.")
+    assert not a.transient

@@ -228,7 +228,7 @@ def test_device_lookup(monitor: FleetMonitor) -> None:
 
 def test_render_table_has_columns_and_rows(monitor: FleetMonitor, clock: FakeClock) -> None:
     feed(monitor, birth(1))
-    feed(monitor, telemetry(1, 0))
+    feed(monitor, telemetry(1, 1))  # seq 0 was the birth's
     feed(monitor, birth(1, device="pi-02"))
     feed(monitor, Death("pi-02", "lab", 1, 2.0, "lost"))
     states = monitor.snapshot()

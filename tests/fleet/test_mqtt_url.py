@@ -73,11 +73,40 @@ def test_tls_files_user_and_password_file(pem: dict[str, Path]) -> None:
 def test_password_from_environment_and_file_wins(pem: dict[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_mqtt.PASSWORD_ENV, "from-env")
-    assert parse_broker_url("mqtt://dev%2Done@h").password == "from-env"
-    assert parse_broker_url("mqtt://dev%2Done@h").username == "dev-one"
-    assert parse_broker_url(f"mqtt://u@h?password_file={pem['pw']}").password == "s3cret pass"
+    assert parse_broker_url("mqtts://dev%2Done@h").password == "from-env"
+    assert parse_broker_url("mqtts://dev%2Done@h").username == "dev-one"
+    assert parse_broker_url(f"mqtts://u@h?password_file={pem['pw']}").password == "s3cret pass"
     # Anonymous: the variable is not sent without a user name.
     assert parse_broker_url("mqtt://h").password is None
+
+
+@pytest.mark.parametrize("host", ["broker.lan", "10.0.0.5", "[fe80::1]", "127.example.com"])
+def test_password_over_plain_mqtt_to_another_host_is_refused(
+        host: str, pem: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_mqtt.PASSWORD_ENV, "from-env")
+    for url in (f"mqtt://pi-01@{host}", f"mqtt://pi-01@{host}:1883?password_file={pem['pw']}"):
+        with pytest.raises(FleetError) as info:
+            parse_broker_url(url)
+        text = str(info.value)
+        assert "unencrypted over plain mqtt://" in text and "expected mqtts://pi-01@" in text
+        assert "from-env" not in text and "s3cret" not in text
+    # The same URL over TLS is fine; and without a user nothing secret is sent.
+    assert parse_broker_url(f"mqtts://pi-01@{host}").password == "from-env"
+    assert parse_broker_url(f"mqtt://{host}").username is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "[::1]"])
+def test_password_over_plain_mqtt_to_loopback_is_allowed(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_mqtt.PASSWORD_ENV, "from-env")
+    assert parse_broker_url(f"mqtt://pi-01@{host}:1883").password == "from-env"
+
+
+def test_configure_refuses_a_hand_made_plain_address_with_password() -> None:
+    client = _mqtt.new_client("t")
+    addr = BrokerAddress("broker.lan", 1883, username="pi", password="pw")
+    with pytest.raises(FleetError, match="unencrypted"):
+        _mqtt.configure(client, addr, "mqtt://pi@broker.lan")
 
 
 @pytest.mark.parametrize(("url", "needle"), [

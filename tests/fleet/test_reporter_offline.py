@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -136,3 +137,76 @@ def test_command_id_of() -> None:
     assert command_id_of(cmd_payload(id="x-1")) == "x-1"
     assert command_id_of(b"[1]") == "invalid" and command_id_of(b"\xff") == "invalid"
     assert command_id_of(cmd_payload(id="a/b")) == "invalid"
+
+
+NESTED = b"[" * 30000  # RecursionError in json.loads; far below the 1 MiB command cap
+
+
+def test_nested_json_command_gets_an_error_reply_and_the_worker_goes_on() -> None:
+    replies = Replies()
+    w = CommandWorker(lambda c: (True, {"id": c.id}, None), replies, "t")
+    w.start()
+    try:
+        w.submit(NESTED)
+        w.submit(b'{"id":"c0","x":' + NESTED + b"}")
+        w.submit(cmd_payload(id="next"))
+        deadline = time.monotonic() + 5
+        while len(replies.got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.alive
+    finally:
+        w.stop(5)
+    assert [(cid, ok) for cid, ok, _, _ in replies.got] == [
+        ("invalid", False), ("invalid", False), ("next", True)]
+    assert "nested too deeply" in replies.got[0][3]
+
+
+def test_worker_survives_an_unexpected_error_in_handle(monkeypatch) -> None:
+    replies = Replies()
+    w = CommandWorker(lambda c: (True, None, None), replies, "t")
+    real = w.handle
+    calls = []
+
+    def flaky(payload: bytes) -> None:
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        real(payload)
+
+    monkeypatch.setattr(w, "handle", flaky)
+    w.start()
+    w.submit(cmd_payload(id="a"))
+    w.submit(cmd_payload(id="b"))
+    w.stop(5)
+    assert [cid for cid, *_ in replies.got] == ["b"]
+
+
+def test_busy_reply_to_a_nested_command_does_not_raise_on_paho_thread() -> None:
+    replies = Replies()
+    w = CommandWorker(lambda c: (True, None, None), replies, "t", max_pending=1)
+    w.submit(cmd_payload(id="a"))  # not started: the queue is now full
+    w.submit(NESTED)  # answered at once, on the caller's (paho's) thread
+    assert replies.got[-1][:2] == ("invalid", False) and "device busy" in replies.got[-1][3]
+    assert command_id_of(NESTED) == "invalid"
+    assert command_id_of(b'{"id":' + b"1" * 5000 + b"}") == "invalid"
+
+
+def test_stop_is_bounded_overall_with_a_stuck_command(tmp_path) -> None:
+    release = threading.Event()
+
+    def stuck(cmd: Command):
+        release.wait(30)
+        return True, None, None
+
+    r = offline_reporter(tmp_path, command_handler=stuck)
+    r.start(wait=False)
+    try:
+        for i in range(20):  # one runs (stuck), 16 wait: the queue is full
+            r._commands.submit(cmd_payload(id=f"c{i}"))
+        t0 = time.monotonic()
+        r.stop(timeout_s=1.0)
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    # Before: flush, each join, the stop marker and the worker join each waited timeout_s.
+    assert took < 1.8, took

@@ -101,3 +101,26 @@ def test_requeued_live_messages_count_against_the_bound(tmp_path) -> None:
     finally:
         r._state = "new"
         r.stop()
+
+
+def test_telemetry_queued_behind_while_online_is_not_a_replay(tmp_path) -> None:
+    """Only what waited while the reporter was offline is sent with replayed: true; the
+    reconnect's fresh telemetry, queued behind the replay, must show as current metrics."""
+    routes = Routes()
+    r = offline_reporter(tmp_path, routes, spool=tmp_path / "spool", spool_fsync=False)
+    try:
+        offline = r._emit_telemetry()[0]
+        r._online = True  # online, with the offline record still queued
+        behind = r._emit_telemetry()[0]
+        assert routes.got[-2:] == [(offline.n, "offline"), (behind.n, "behind")]
+        records = [decode_record(d) for _, d in r._outbox.queue.peek(10)]
+        with r._lock:
+            sent = [r._publish_record(kind, fields, True)[0] for kind, fields in records]
+            # The same record left in the spool by an earlier run is a replay again.
+            kind, fields = records[1]
+            old = r._publish_record(kind, {**fields, "boot": r.boot - 1}, True)[0]
+        assert [(m.n, m.replayed) for m in sent] == [(offline.n, True), (behind.n, False)]
+        assert old.replayed
+    finally:
+        r._online = False
+        r.stop(timeout_s=1)

@@ -225,3 +225,20 @@ def test_kind_registry_drives_everything() -> None:
     # Adding a kind is one table entry: KINDS, topic() and decode() all read MESSAGE_TYPES.
     assert set(KINDS) == {"birth", "telemetry", "death", "cmd", "reply"}
     assert all(cls.KIND == kind for kind, cls in schema.MESSAGE_TYPES.items())
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 30000,                                   # RecursionError inside json (< 64 KiB)
+    b'{"a":' + b"[" * 30000 + b"]" * 30000 + b"}",  # the same, inside an object
+    b'{"schema":2,"n":' + b"1" * 5000 + b"}",       # ValueError: over-long integer
+])
+@pytest.mark.parametrize("kind", ["cmd", "birth", "telemetry"])
+def test_hostile_json_is_a_message_error(kind: str, payload: bytes) -> None:
+    assert len(payload) <= MAX_PAYLOAD_BYTES
+    with pytest.raises(MessageError, match=f"{kind} payload is n"):
+        decode(kind, payload)
+
+
+def test_nested_host_state_is_a_message_error() -> None:
+    with pytest.raises(MessageError, match="nested too deeply"):
+        schema.decode_host_state(schema.host_topic("mon"), b"[" * 30000)

@@ -147,3 +147,10 @@ def test_stats_backlog_and_summary() -> None:
     assert st.backlog == 3
     line = st.summary()
     assert "devices=2" in line and "sent=10" in line and "backlog=3" in line and "behind=1" in line
+
+
+def test_births_announce_the_telemetry_period() -> None:
+    """The monitor uses the birth's interval_s as the floor of its silence limit."""
+    sim = FleetSimulator("mqtt://127.0.0.1:1", devices=2, rate_hz=4.0)
+    assert all(roundtrip(d.birth()).interval_s == 0.25 for d in sim.devices)
+    assert SimDevice("pi-01", "lab").birth().interval_s is None

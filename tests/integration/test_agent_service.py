@@ -153,6 +153,30 @@ def test_systemd_unit_settings() -> None:
     assert argv[0].endswith("/.venv/bin/edgemeta") and argv[1:3] == ["device", "run"]
 
 
+def test_systemd_unit_waits_for_the_clock_and_ships_a_tls_url(tmp_path: Path) -> None:
+    from edgemeta.fleet._broker_url import parse_broker_url
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str
+    parser.read_string(UNIT.read_text())
+    unit = parser["Unit"]
+    assert "time-sync.target" in unit["Wants"].split()  # After= alone pulls nothing in
+    assert "time-sync.target" in unit["After"].split()
+    svc = parser["Service"]
+    name, source = svc["LoadCredential"].split(":", 1)
+    argv = shlex.split(svc["ExecStart"])
+    url = argv[argv.index("--broker") + 1]
+    assert url.startswith("mqtts://%H@") and f"password_file=%d/{name}" in url
+    # The URL the service gets, with systemd's specifiers and the files filled in, is accepted.
+    (tmp_path / name).write_text("pw\n")
+    (tmp_path / "ca.pem").write_text("x")
+    real = url.replace("%H", "pi-01").replace("%d", str(tmp_path)).replace(
+        "/etc/edgemeta/ca.pem", str(tmp_path / "ca.pem"))
+    addr = parse_broker_url(real)
+    assert addr.tls and addr.username == "pi-01" and addr.password == "pw" and addr.port == 8883
+    assert source.startswith("/etc/")
+
+
 def test_systemd_exec_start_runs_with_the_real_cli(home: Path, mosquitto_broker) -> None:
     """The unit's exact options, with only paths/host/broker substituted, run one pass."""
     from edgemeta.cli import cli

@@ -130,3 +130,36 @@ def test_board_with_thousands_of_classes_still_reports(mosquitto_broker):
         assert monitor.wait_until(lambda st: any(s.n_classes == 5000 for s in st), 10.0), \
             (monitor.snapshot(), monitor.errors)
         assert monitor.error_count == 0
+
+
+def test_fleet_status_leaves_no_retained_host_state(mosquitto_broker):
+    """Every `fleet status` used to leave a retained monitor-<random> online:false behind."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    for _ in range(2):
+        r = CliRunner().invoke(cli, ["fleet", "status", "--broker", mosquitto_broker.url,
+                                     "--json", "--wait", "0.2"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["host_id"].startswith("status-")
+    got, barrier = [], threading.Event()
+
+    def on_message(c, u, msg):
+        if msg.topic == "edgemeta/v1/_barrier":
+            barrier.set()
+        else:
+            got.append((msg.topic, msg.payload))
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.on_message = on_message
+    client.connect("127.0.0.1", mosquitto_broker.port)
+    client.loop_start()
+    try:
+        client.subscribe([("edgemeta/v1/_host/+", 1), ("edgemeta/v1/_barrier", 1)])
+        client.publish("edgemeta/v1/_barrier", b"x", qos=1)  # after the retained ones, in order
+        assert barrier.wait(10.0)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert got == []

@@ -5,6 +5,7 @@ Every wait is bounded; the timeouts are generous ceilings for slow CI, not perfo
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -291,3 +293,96 @@ def test_embedded_broker_lifecycle() -> None:
 def test_unknown_broker_kind() -> None:
     with pytest.raises(FleetError, match="unknown broker kind 'rabbit'"):
         start_broker("rabbit")
+
+
+class Collector:
+    """A raw paho client: records every payload of fleet ``lab`` and can publish anything."""
+
+    def __init__(self, port: int) -> None:
+        self.lock = threading.Lock()
+        self.got: list[tuple[str, bytes]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.on_connect = lambda c, *a: c.subscribe("edgemeta/v1/lab/#", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(WAIT_S)
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.got.append((msg.topic.rsplit("/", 1)[1], bytes(msg.payload)))
+
+    def find(self, kind: str, pred=lambda m: True) -> dict | None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            with self.lock:
+                for k, payload in self.got:
+                    if k == kind and payload and pred(json.loads(payload)):
+                        return json.loads(payload)
+            time.sleep(0.05)
+        return None
+
+    def publish(self, topic_name: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic_name, payload, qos=1, retain=retain).wait_for_publish(WAIT_S)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _cmd(cid: str) -> bytes:
+    return json.dumps({"schema": 2, "id": cid, "command": "report", "args": {}, "ts": 1.0,
+                       "host_id": "t"}).encode()
+
+
+def test_hostile_payloads_do_not_kill_the_reporters_network_thread(
+        mosquitto_broker: Broker) -> None:
+    nested = b"[" * 30000  # RecursionError in json.loads, far below every size cap
+    c = Collector(mosquitto_broker.port)
+    try:
+        with reporter(mosquitto_broker.url) as r:
+            c.publish("edgemeta/v1/_host/evil", nested)  # on paho's thread: host state
+            for i in range(20):  # on paho's thread: submit(), "busy" replies when full
+                c.publish(topic("lab", "pi-01", "cmd"), nested)
+            c.publish(topic("lab", "pi-01", "cmd"), _cmd("after"))
+            assert c.find("reply", lambda m: m["id"] == "after" and m["ok"]), c.got[-3:]
+            r.publish_now()  # needs paho's thread for the PUBACK
+            assert c.find("reply", lambda m: m["id"] == "invalid" and not m["ok"])
+    finally:
+        c.stop()
+
+
+def test_retained_command_is_not_carried_out(mosquitto_broker: Broker) -> None:
+    c = Collector(mosquitto_broker.port)
+    try:
+        c.publish(topic("lab", "pi-01", "cmd"), _cmd("stale"), retain=True)
+        with reporter(mosquitto_broker.url) as r:
+            c.publish(topic("lab", "pi-01", "cmd"), _cmd("fresh"))
+            assert c.find("reply", lambda m: m["id"] == "fresh")
+            r.flush(2)
+        assert not any(k == "reply" and b'"stale"' in p for k, p in c.got), c.got
+    finally:
+        c.publish(topic("lab", "pi-01", "cmd"), b"", retain=True)  # clear it
+        c.stop()
+
+
+def test_long_non_ascii_labels_still_send_birth_and_exact_n_classes(
+        mosquitto_broker: Broker) -> None:
+    labels = [f"{i:02d}" + "猫" * 198 for i in range(60)]  # 71,780 bytes of label JSON
+    status = DeviceStatus(model_version="1.0.0", labels=labels)
+    c = Collector(mosquitto_broker.port)
+    try:
+        r = DeviceReporter(mosquitto_broker.url, "pi-01", fleet="lab", interval_s=60.0,
+                           status=lambda: status, connect_timeout_s=5)
+        with r:
+            sent = r.publish_now()
+        birth = c.find("birth")
+        assert birth is not None, "no birth: the device went dark"
+        assert birth["interval_s"] == 60.0  # the monitor's floor for the silence limit
+        assert 0 < len(birth["labels"]) < 60 and birth["labels"] == labels[:len(birth["labels"])]
+        tel = c.find("telemetry", lambda m: m["n"] == sent.n)
+        assert tel is not None and tel["n_classes"] == 60
+    finally:
+        c.stop()

@@ -110,6 +110,25 @@ def test_host_state_online_will_and_graceful_offline(mosquitto_broker: Broker,
     assert retained and decode_host_state(topic_name, payload).online is False
 
 
+def test_one_shot_monitor_leaves_no_retained_host_state(mosquitto_broker: Broker,
+                                                        raw_factory) -> None:
+    """A transient monitor (fleet status, a roll-out) clears its retained host state on stop."""
+    watcher = raw_factory(host_topic("status-ws"))
+    with FleetMonitor(mosquitto_broker.url, host_id="status-ws", transient=True) as m:
+        assert m.transient and watcher.wait_for(1), watcher.got
+    assert watcher.wait_for(2), watcher.got
+    assert watcher.got[1][1] == b""  # the retained-clear (a live one comes with retain=0)
+    # Nothing is left for a device connecting later; a barrier message proves the broker already
+    # sent whatever retained message it had for the subscription.
+    late = raw_factory(host_topic("status-ws"), "edgemeta/v1/_barrier")
+    late.wait_for(0)
+    late.publish("edgemeta/v1/_barrier", b"x")
+    assert late.wait_for(1)
+    assert [t for t, _, _ in late.got] == ["edgemeta/v1/_barrier"], late.got
+    # The monitor itself ignores retained clears: not malformed messages.
+    assert m.error_count == 0
+
+
 def test_gap_over_mqtt_sends_rebirth_command(mosquitto_broker: Broker, raw_factory) -> None:
     device = raw_factory(topic("lab", "pi-gap", "cmd"))
     with FleetMonitor(mosquitto_broker.url, host_id="mon-b") as m:
