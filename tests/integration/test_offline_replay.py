@@ -91,7 +91,9 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
     routes: list[tuple[int, str]] = []  # the reporter's per-message facts (list.append is atomic)
     r = DeviceReporter(first.url, "pi-off", fleet="lab", interval_s=0.05,
                        status=lambda: DeviceStatus(model_version="1.0.0", labels=["a"]),
-                       keepalive_s=2, connect_timeout_s=5, spool=tmp_path / "spool",
+                       # A stopped broker closes the socket, so the outage is seen at once; a
+                       # short keepalive would only add spurious reconnects on a loaded machine.
+                       keepalive_s=10, connect_timeout_s=5, spool=tmp_path / "spool",
                        spool_max_records=BOUND, spool_fsync=False, wait_for_monitor=True,
                        on_telemetry=lambda m, route: routes.append((m.n, route)))
     counter = Counter(port)
@@ -121,6 +123,8 @@ def test_broker_restart_replays_spool_and_counts_drops_exactly(tmp_path, port_br
                             and r.queued == 0)
         final = r.publish_now()  # carries the drop count after everything above
         facts = list(routes)  # before stop(), which may requeue what is still unacknowledged
+        # PUBACK means the broker has it, not that the subscriber has read it yet.
+        assert counter.wait(lambda c: any(t["n"] == final.n for t in c.seen.values()))
     finally:
         r.stop()
     counter.stop()
