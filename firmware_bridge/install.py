@@ -3,22 +3,17 @@
 The invariant: whatever fails (a bad bundle, a full card, a crash), ``current`` keeps naming a
 complete, verified model, and no half-written file is left behind.
 
-Beside ``current`` (owned by :class:`edgemeta.bundle.BoardHome`) the home gets one more small
-pointer file, ``previous``, naming the version that was current before the last switch; rollback
-and pruning rely on it because directory modification times are too coarse on FAT (2 s) to order
-installs.
+The home's lock, its ``previous`` record, sweeping and pruning live in
+:mod:`firmware_bridge._home`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 from edgemeta.boards import check_bundle, get_board, require_flashable
 from edgemeta.bundle import (
@@ -30,27 +25,29 @@ from edgemeta.bundle import (
     read_bundle,
     read_config,
     sha256_hex,
-    validate_version,
 )
 from edgemeta.errors import BoardError, BundleError, FlashError, InstallError
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.health import HealthReport, health_check
 from firmware_bridge.checks import check_board, check_downgrade, check_space, check_trust, is_disk_full
+from firmware_bridge._home import (
+    PREVIOUS_POINTER,
+    current_version,
+    locked,
+    prepare_home,
+    prune,
+    read_previous,
+    restore_previous,
+    sweep_partials,
+    write_previous,
+)
 from firmware_bridge.migrate import Migration, migrate_state
-
-try:  # advisory locking so two installs into one home cannot interleave; POSIX only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["InstallResult", "PREVIOUS_POINTER", "install_bundle", "installed", "preflight",
            "rollback"]
 
 log = logging.getLogger(__name__)
 
-PREVIOUS_POINTER = "previous"
-# Names atomic_write_bytes gives its temporary files; left behind only if a process was killed.
-_TMP_RE = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -135,110 +132,6 @@ def _load(bundle_path: str | os.PathLike[str], board: str | None) -> tuple[Bundl
     return bundle, data
 
 
-def _prepare_home(home: BoardHome) -> None:
-    root = home.root
-    if root.is_dir():
-        return
-    if root.exists():
-        raise FlashError(f"board home {root} is not a directory; expected a folder (or an SD card "
-                         "mount point)")
-    # Create the home itself but never its parents: a typo in the path should not silently build a
-    # directory tree somewhere the user did not mean.
-    if not root.parent.is_dir():
-        raise FlashError(f"board home {root} does not exist and neither does its parent "
-                         f"{root.parent}; create it or check the path")
-    try:
-        root.mkdir()
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise FlashError(f"cannot create board home {root}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _locked(home: BoardHome) -> Iterator[None]:
-    # flock on the home directory itself, so no lock file is ever left in the home.
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(home.root, os.O_RDONLY)
-        except OSError:
-            fd = None
-    if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise InstallError(f"board home {home.root} is busy: another install or rollback is "
-                               "running; try again when it has finished", "busy") from exc
-        except OSError as exc:
-            # e.g. ENOLCK on some network or FAT mounts: installing without the lock is what
-            # a user would expect there; the write order alone keeps the board consistent.
-            log.warning("cannot lock board home %s (%s); installing without the lock",
-                        home.root, exc)
-            os.close(fd)
-            fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def _current(home: BoardHome) -> str | None:
-    try:
-        return home.current_version()
-    except BundleError as exc:
-        raise FlashError(f"board home {home.root}: the 'current' pointer is damaged ({exc}); "
-                         "fix or delete it, then install again") from exc
-
-
-def _read_previous(home: BoardHome) -> str | None:
-    # Advisory only: a missing or garbled file just means "no recorded previous version".
-    try:
-        text = (home.root / PREVIOUS_POINTER).read_text(encoding="utf-8").strip()
-        return validate_version(text)
-    except (OSError, UnicodeDecodeError, BundleError):
-        return None
-
-
-def _write_previous(home: BoardHome, version: str) -> None:
-    # Called after the switch, which already succeeded: failing here must not fail the install.
-    try:
-        atomic_write_bytes(home.root / PREVIOUS_POINTER, (version + "\n").encode())
-    except OSError as exc:
-        log.warning("could not record %s as the previous version in %s: %s", version, home.root, exc)
-
-
-def _restore_previous(home: BoardHome, recorded: str | None) -> None:
-    # Undo an early `previous` write when the switch did not happen.
-    try:
-        if recorded is None:
-            (home.root / PREVIOUS_POINTER).unlink(missing_ok=True)
-        else:
-            atomic_write_bytes(home.root / PREVIOUS_POINTER, (recorded + "\n").encode())
-    except OSError as exc:
-        log.warning("could not restore the previous-version record of %s: %s", home.root, exc)
-
-
-def _sweep_partials(home: BoardHome, current: str | None) -> None:
-    """Remove leftovers of an install that was killed before its own cleanup could run.
-
-    Only under ``models/``, which nothing but install writes (and only under the lock); temporary
-    files elsewhere in the home may belong to a running agent.
-    """
-    if not home.models_dir.is_dir():
-        return
-    for vdir in home.models_dir.iterdir():
-        if not vdir.is_dir():
-            continue
-        for tmp in vdir.iterdir():
-            if tmp.is_file() and _TMP_RE.match(tmp.name):
-                tmp.unlink(missing_ok=True)
-        if vdir.name != current and not any(vdir.iterdir()):
-            vdir.rmdir()
-
-
 def _same_manifest(a: Manifest, b: Manifest) -> list[str]:
     # created_at changes on every pack of the same model; everything else changes behaviour.
     return [f.name for f in fields(Manifest)
@@ -298,46 +191,6 @@ def _verify_landed(target: Path, data: bytes) -> None:
     read_bundle(landed)
 
 
-def _model_sha(home: BoardHome, version: str) -> str | None:
-    try:
-        return read_bundle(home.bundle_path(version)).manifest.model_sha256
-    except (BundleError, OSError):
-        return None
-
-
-def _prune(home: BoardHome, keep: int, protected: set[str | None]) -> tuple[str, ...]:
-    # `protected` is passed in rather than re-read so that a failed write of the `previous`
-    # file can never get the real previous version pruned.
-    try:
-        versions = home.installed_versions()  # oldest first
-    except OSError as exc:  # after the switch: the install succeeded, pruning can wait
-        log.warning("could not list installed versions of %s to prune: %s", home.root, exc)
-        return ()
-    excess = len(versions) - keep
-    pruned: list[str] = []
-    for version in versions:
-        if excess <= 0:
-            break
-        if version in protected:
-            continue
-        try:
-            sha = _model_sha(home, version)
-            # Remove the bundle first: without it the version no longer counts as installed,
-            # so a crash half-way through rmtree leaves an empty directory, not a broken model.
-            home.bundle_path(version).unlink()
-            shutil.rmtree(home.version_dir(version))
-            if sha is not None and sha not in {_model_sha(home, v) for v in home.installed_versions()}:
-                # Its classes were carried to the newer models; stale state must not come back
-                # if this version is ever installed again.
-                shutil.rmtree(home.prototypes_path(sha).parent, ignore_errors=True)
-        except (OSError, BundleError) as exc:
-            log.warning("could not prune %s from %s: %s", version, home.root, exc)
-            continue
-        pruned.append(version)
-        excess -= 1
-    return tuple(pruned)
-
-
 def _health(bundle: Bundle, backend: str | None) -> HealthReport:
     report = health_check(bundle, backend=backend)
     if not report.ok:
@@ -390,26 +243,26 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
         reason = "damaged" if isinstance(exc.__cause__, BundleError) else "io"
         raise InstallError(str(exc), reason) from exc
     home = _as_home(home)
-    _prepare_home(home)
+    prepare_home(home)
     version = bundle.version
-    with _locked(home):
+    with locked(home):
         try:
             config = read_config(home)
         except BundleError as exc:
             raise InstallError(f"{exc}; nothing was changed", "io") from exc
-        current = _current(home)
+        current = current_version(home)
         trust = check_trust(bundle, home, config)
         check_board(bundle, board or config.board)
         check_downgrade(bundle, current, allow_downgrade)
         target = home.bundle_path(version)
         try:
-            _sweep_partials(home, current)
+            sweep_partials(home, current)
             existed = target.is_file()
             same = existed and _installed_state(target, bundle) == "same"
         except OSError as exc:
             raise InstallError(f"cannot read the installed versions in {home.root}: {exc}; "
                                "nothing was changed", "io") from exc
-        recorded = _read_previous(home)
+        recorded = read_previous(home)
         if same and current == version:
             return InstallResult(version, recorded, target, changed=False, trust=trust)
         if not same:
@@ -426,13 +279,13 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
             if switching:
                 # Recorded before the switch: a kill right after it must not leave `previous`
                 # naming the version before the one just replaced.
-                _write_previous(home, current)
+                write_previous(home, current)
             home.set_current(version)
         except BaseException as exc:
             if not same:
                 _undo(home, version, current, existed, created_dir)
             if current is not None and current != version:
-                _restore_previous(home, recorded)
+                restore_previous(home, recorded)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt/SystemExit: cleaned up, now let it through
             kept = f"{current} stays current" if current else "nothing is current"
@@ -446,12 +299,12 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
                                "and the partial copy was removed", "io") from exc
         # First install, or repair of the current one: the recorded previous version stands.
         previous = current if switching else recorded
-        pruned = _prune(home, keep, {version, previous})
+        pruned = prune(home, keep, {version, previous})
         return InstallResult(version, previous, target, True, pruned, trust, report, migration)
 
 
 def _rollback_target(home: BoardHome, current: str) -> str | None:
-    recorded = _read_previous(home)
+    recorded = read_previous(home)
     versions = home.installed_versions()
     if recorded is not None and recorded != current and recorded in versions:
         return recorded
@@ -476,8 +329,8 @@ def rollback(home: BoardHome | str | os.PathLike[str]) -> str:
     home = _as_home(home)
     if not home.root.is_dir():
         raise FlashError(f"board home {home.root} does not exist; nothing to roll back")
-    with _locked(home):
-        current = _current(home)
+    with locked(home):
+        current = current_version(home)
         if current is None:
             raise FlashError(f"board home {home.root} has no installed model; nothing to roll back")
         target = _rollback_target(home, current)
@@ -493,7 +346,7 @@ def rollback(home: BoardHome | str | os.PathLike[str]) -> str:
             home.set_current(target)
         except OSError as exc:
             raise FlashError(f"cannot roll back to {target}: {exc}; {current} stays current") from exc
-        _write_previous(home, current)
+        write_previous(home, current)
         return target
 
 

@@ -50,20 +50,6 @@ def _runtime_check(board: BoardProfile, python: tuple[int, int]) -> Check:
     return Check("runtime", False, why + hint)
 
 
-def _int8_check(manifest: Manifest) -> Check:
-    dtype = manifest.input.dtype
-    if dtype != "int8":
-        return Check("int8", False, f"the model input is {dtype}, expected int8: boards run "
-                                    "full-integer models only; convert with int8 input and output")
-    # A quantized output tensor always has a positive scale; 0 means the output was left float.
-    if not manifest.output_scale > 0:
-        return Check("int8", False, f"the model output scale is {manifest.output_scale:g}, "
-                                    "expected > 0: the output is not quantized; convert with "
-                                    "int8 input and output")
-    return Check("int8", True, "the model is full-integer: int8 input and quantized output "
-                               f"(output scale {manifest.output_scale:g})")
-
-
 def _memory_check(manifest: Manifest, board: BoardProfile) -> Check:
     peak = estimate_peak_bytes(manifest)
     arena = peak - WEIGHT_COPIES * manifest.model_bytes - PROCESS_OVERHEAD_BYTES

@@ -263,3 +263,22 @@ def connect(
             pass
         raise FleetError(f"cannot connect to MQTT broker at {redact_url(url)}: "
                          f"{_refusal(waiter, addr, url, timeout_s)}")
+
+
+def connect_subscribed(client: mqtt.Client, url: str, keepalive_s: int, timeout_s: float,
+                       waiter: ConnectWaiter, subscribed: threading.Event, what: str) -> None:
+    """:func:`connect`, then wait for the SUBACK the caller's ``on_connect`` asked for.
+
+    Messages published between CONNACK and SUBACK would be missed, so no caller may go on
+    before the broker granted its subscriptions.
+
+    Raises:
+        FleetError: As :func:`connect`, or no SUBACK within ``timeout_s`` (``what`` names the
+            subscriptions in the message); the connection is closed again then.
+    """
+    connect(client, url, keepalive_s, timeout_s, waiter)
+    if not subscribed.wait(timeout_s):
+        client.disconnect()
+        client.loop_stop()
+        raise FleetError(f"MQTT broker at {redact_url(url)} did not acknowledge {what} within "
+                         f"{timeout_s:g} s")

@@ -117,14 +117,10 @@ class FleetCommander(StartStop):
         """
         if self._started:
             return
-        _mqtt.connect(self._client, self._url, 30, self._connect_timeout_s, self._waiter)
         # A reply published before the SUBACK would be lost: never send before it.
-        if not self._subscribed.wait(self._connect_timeout_s):
-            self._client.disconnect()
-            self._client.loop_stop()
-            raise FleetError(f"MQTT broker at {_mqtt.redact_url(self._url)} did not acknowledge "
-                             f"the subscription to {self._filter} within "
-                             f"{self._connect_timeout_s:g} s")
+        _mqtt.connect_subscribed(self._client, self._url, 30, self._connect_timeout_s,
+                                 self._waiter, self._subscribed,
+                                 f"the subscription to {self._filter}")
         self._started = True
 
     def stop(self) -> None:

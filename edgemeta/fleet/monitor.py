@@ -206,13 +206,9 @@ class FleetMonitor(StartStop):
         """
         if self._started:
             return
-        _mqtt.connect(self._client, self._url, 30, self._connect_timeout_s, self._waiter)
-        # Messages published between CONNACK and SUBACK would be missed: wait for the SUBACK.
-        if not self._subscribed.wait(self._connect_timeout_s):
-            self._client.disconnect()
-            self._client.loop_stop()
-            raise FleetError(f"MQTT broker at {self._url} did not acknowledge the subscriptions "
-                             f"{self.subscriptions()} within {self._connect_timeout_s:g} s")
+        _mqtt.connect_subscribed(self._client, self._url, 30, self._connect_timeout_s,
+                                 self._waiter, self._subscribed,
+                                 f"the subscriptions {self.subscriptions()}")
         self._started = True
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 
 from edgemeta import __version__
 from edgemeta.bundle import BoardHome, read_bundle
-from edgemeta.errors import BundleError, FleetError
+from edgemeta.errors import BundleError
 from edgemeta.fleet import _mqtt
 from edgemeta.fleet._lifecycle import StartStop
 from edgemeta.fleet.schema import Birth, topic, validate_id
@@ -113,13 +113,9 @@ class BoardOta(StartStop):
         """
         if self._started:
             return
-        _mqtt.connect(self._client, self._url, self._keepalive_s, self._connect_timeout_s,
-                      self._waiter)
-        if not self._subscribed.wait(self._connect_timeout_s):
-            self._client.disconnect()
-            self._client.loop_stop()
-            raise FleetError(f"MQTT broker at {self._url} did not acknowledge the OTA "
-                             f"subscriptions of {self.device_id}")
+        _mqtt.connect_subscribed(self._client, self._url, self._keepalive_s,
+                                 self._connect_timeout_s, self._waiter, self._subscribed,
+                                 f"the OTA subscriptions of {self.device_id}")
         self._started = True
         if self._tick_s:
             self._ticker = threading.Thread(target=self._run_ticker, daemon=True,

@@ -159,14 +159,8 @@ class OtaEngine(StartStop):
         """
         if self._started:
             return
-        _mqtt.connect(self._client, self.url, 30, self._connect_timeout_s, self._waiter)
-        if not self._subscribed.wait(self._connect_timeout_s):
-            self._client.disconnect()
-            self._client.loop_stop()
-            from edgemeta.errors import FleetError
-
-            raise FleetError(f"MQTT broker at {self.url} did not acknowledge the OTA status "
-                             "subscription")
+        _mqtt.connect_subscribed(self._client, self.url, 30, self._connect_timeout_s,
+                                 self._waiter, self._subscribed, "the OTA status subscription")
         self._started = True
         self._timer = threading.Thread(target=self._run_timer, daemon=True, name="edgemeta-ota")
         self._timer.start()
