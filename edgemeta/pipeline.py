@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 
+from edgemeta.boards import get_board
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, read_bundle
 from edgemeta.data import (
     EpisodeSampler,
     ImageClassDataset,
+    load_dataset_folder,
     load_image_folder,
     load_omniglot,
     make_glyph_dataset,
@@ -52,14 +54,25 @@ class DataSplit:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "holdout_groups", tuple(self.holdout_groups))
+        if not self.holdout_groups and not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test_fraction (--test-fraction, the share of classes held out "
+                              f"as unseen) must be in (0, 1), got {self.test_fraction!r}")
+
+
+def load_source(source: str, mixed_size: tuple[int, int] | None = None) -> ImageClassDataset:
+    """``synthetic[:N_CLASSES]``, an Omniglot-layout folder or zip, or a ``<class>/*.png`` folder.
+
+    Images of different sizes are resized to ``mixed_size`` (the model's input size, to which
+    the board resizes any image), if given; otherwise they are an error.
+    Cached: datasets are immutable (read-only arrays), and the demo reads one source three times.
+    """
+    synthetic = source == "synthetic" or source.startswith("synthetic:")
+    # Generated glyphs share one size: one cache entry whatever mixed_size says.
+    return _load_source(source, None if synthetic or mixed_size is None else tuple(mixed_size))
 
 
 @lru_cache(maxsize=2)
-def load_source(source: str) -> ImageClassDataset:
-    """``synthetic[:N_CLASSES]``, an Omniglot-layout folder or zip, or a ``<class>/*.png`` folder.
-
-    Cached: datasets are immutable (read-only arrays), and the demo reads one source three times.
-    """
+def _load_source(source: str, mixed_size: tuple[int, int] | None) -> ImageClassDataset:
     if source == "synthetic" or source.startswith("synthetic:"):
         count = source.split(":", 1)[1] if ":" in source else "300"
         if not count.isdigit() or int(count) < 2:
@@ -67,29 +80,29 @@ def load_source(source: str) -> ImageClassDataset:
                             "N >= 2 classes, e.g. 'synthetic:300'")
         return make_glyph_dataset(n_classes=int(count), seed=0)
     if "," in source:  # several Omniglot-layout zips/folders, e.g. the two background sets
-        paths = [Path(p) for p in source.split(",")]
+        # A stray comma must not add '' (the working directory) as a source.
+        paths = [Path(p.strip()) for p in source.split(",") if p.strip()]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise DataError(f"data source(s) {missing} do not exist")
-        return load_omniglot(paths)
+        return load_omniglot(paths, mixed_size=mixed_size)
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist; expected 'synthetic[:N]', an "
                         "Omniglot-layout folder or zip, or a <class>/*.png folder")
-    if path.suffix == ".zip":
-        return load_omniglot(path)
-    try:
-        return load_omniglot(path)
-    except DataError:
-        return load_image_folder(path)
+    if path.suffix.lower() == ".zip":
+        return load_omniglot(path, mixed_size=mixed_size)
+    return load_dataset_folder(path, mixed_size=mixed_size)
 
 
-def split_source(split: DataSplit) -> tuple[ImageClassDataset, ImageClassDataset]:
+def split_source(split: DataSplit, mixed_size: tuple[int, int] | None = None
+                 ) -> tuple[ImageClassDataset, ImageClassDataset]:
     """(train classes, unseen classes), deterministic for the split's seed.
 
     Rotated copies are added to the training classes only: unseen classes stay as drawn.
+    ``mixed_size``: see :func:`load_source`.
     """
-    data = load_source(split.source)
+    data = load_source(split.source, mixed_size)
     if split.holdout_groups:
         unknown = sorted(set(split.holdout_groups) - set(data.class_groups))
         if unknown:
@@ -110,9 +123,9 @@ def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
     ``out_dir`` also receives ``checkpoint.npz`` (``resume=True`` continues from it),
     ``train_log.jsonl`` and ``training.png``.
     """
-    train, test = split_source(split)  # validate the data before creating anything
+    # Validate the data before creating anything (train_meta creates out_dir once it starts).
+    train, test = split_source(split, preprocessing.size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_x = preprocess_dataset(train, preprocessing)
     test_x = preprocess_dataset(test, preprocessing)
     result = train_meta(train_x, train, config, val_x=test_x, val=test, progress=progress,
@@ -149,7 +162,13 @@ def load_run(run_dir: str | Path) -> tuple[Any, TrainConfig, DataSplit, Preproce
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{run}: run.json or train_config.json is missing or malformed "
                         f"({exc.__class__.__name__}: {exc}); re-run 'edgemeta train'") from exc
-    return keras.models.load_model(run / "model.keras"), config, split, preprocessing, meta
+    try:
+        model = keras.models.load_model(run / "model.keras")
+    except Exception as exc:  # Keras raises ValueError, OSError, zip errors, ... by version
+        raise DataError(f"{run / 'model.keras'} is not a readable Keras model "
+                        f"({exc.__class__.__name__}: {str(exc)[:200]}); re-run 'edgemeta train'"
+                        ) from exc
+    return model, config, split, preprocessing, meta
 
 
 def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing: Preprocessing,
@@ -167,7 +186,22 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     """
     if eval_episodes < 1:
         raise ConfigError(f"eval_episodes must be >= 1, got {eval_episodes}")
-    train, test = split_source(split)
+    for board in boards:
+        get_board(board)  # a misspelt profile would make a bundle that every board refuses
+    height, width = preprocessing.size
+    for dy, dx in test_time_shifts:
+        if abs(dy) >= height or abs(dx) >= width:
+            raise ConfigError(f"test-time shift ({dy}, {dx}) (--tta-shift) must be smaller than "
+                              f"the {height}x{width} model input; it would embed a blank view")
+    train, test = split_source(split, preprocessing.size)
+    # Sampled before the (slow) conversion so that data too small for the report fails early.
+    try:
+        sampler = EpisodeSampler(test, eval_way, eval_shot, eval_query, seed=split.seed + 7)
+    except DataError as exc:
+        raise DataError(f"the float-vs-int8 report on the {test.num_classes} unseen classes "
+                        f"needs {eval_way}-way {eval_shot}-shot episodes with {eval_query} "
+                        f"queries per class: {exc}") from exc
+    episodes = sampler.take(eval_episodes)
     if prune:
         model = magnitude_prune(model, prune)
     train_x = preprocess_dataset(train, preprocessing)
@@ -185,8 +219,6 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     # Score the in-memory bundle through the board runtime, then write it once, with the
     # accuracies just measured: a crash never leaves a bundle without its figures.
     draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)
-    episodes = EpisodeSampler(test, eval_way, eval_shot, eval_query,
-                              seed=split.seed + 7).take(eval_episodes)
     report = compare_float_int8(model, preprocess_dataset(test, preprocessing), draft, test,
                                 episodes, float_bytes=float_bytes)
     provenance = replace(provenance, float_accuracy=report.float_accuracy.mean,
@@ -235,7 +267,7 @@ def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path
 
     run_dir = run_dir_of(run_dir)
     model, config, split, preprocessing, _ = load_run(run_dir)
-    site = load_image_folder(support_dir)
+    site = load_image_folder(support_dir, mixed_size=preprocessing.size)
     x = preprocess_dataset(site, preprocessing)
     labels = np.asarray(site.labels)
     first, rest = [], []
@@ -250,10 +282,10 @@ def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path
     lr = config.inner_lr if lr is None else lr
     trial = adapt_model(model, x[first], labels[first], steps=steps, lr=lr)
     acc_p, acc_a = prototype_vs_adapted(model, trial, (x[first], labels[first]),
-                                        (x[rest], labels[rest]))
+                                        (x[rest], labels[rest]), normalize=config.normalize)
     report = AdaptReport(site.num_classes, len(first), len(rest), acc_p, acc_a)
     adapted = adapt_model(model, x, labels, steps=steps, lr=lr)
-    train, _ = split_source(split)
+    train, _ = split_source(split, preprocessing.size)
     calibration = np.concatenate([x, representative_sample(preprocess_dataset(train, preprocessing),
                                                            300, seed=split.seed)])
     int8 = convert_int8(adapted, calibration)

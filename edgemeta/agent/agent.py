@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
-from edgemeta.agent.commands import CommandHandler
+from edgemeta.agent.commands import CommandHandler, all_or_nothing
 from edgemeta.agent.stats import AccuracyCounter, LatencyWindow
 from firmware_bridge.boot import start_classifier
 from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
@@ -246,7 +246,9 @@ class DeviceAgent:
         if not images:
             return 0, bad
         try:
-            with self._lock:
+            # All or nothing: a failed save (full card) must not leave the class enrolled in
+            # memory only, to vanish at the next start while its files sit in failed/.
+            with self._lock, all_or_nothing(self.classifier):
                 count = self.classifier.enroll(label_dir.name, images)
                 self.classifier.save()  # persist before moving: a crash re-enrolls, never loses
         except EdgemetaError as exc:

@@ -269,7 +269,7 @@ class CommandHandler:
         images = decode_images(args["images"])
         with self._lock:
             clf = self._agent.classifier
-            with _all_or_nothing(clf):
+            with all_or_nothing(clf):
                 count = clf.enroll(label, images)
                 clf.save()  # persisted before the reply: a restart keeps what was acknowledged
             return {"label": label, "count": count, "n_classes": len(clf.labels)}
@@ -283,7 +283,7 @@ class CommandHandler:
             if label not in clf.labels:
                 raise _Refused(f"label {label!r} is not enrolled: expected one of "
                                f"{_preview(clf.labels)}")
-            with _all_or_nothing(clf):
+            with all_or_nothing(clf):
                 clf.forget(label)
                 clf.save()
             return {"label": label, "n_classes": len(clf.labels)}
@@ -369,7 +369,7 @@ class CommandHandler:
             log.warning("birth after the rollback not acknowledged: %s", exc)
 
 
-class _all_or_nothing:
+class all_or_nothing:
     """Context manager: restore the classifier's prototype store if the block raises.
 
     ``enroll`` updates the means before the example bank, and ``save`` can fail on a full card;

@@ -36,9 +36,16 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     tmp = Path(tmp_name)
     try:
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        os.fchmod(fd, (0o666 & ~_UMASK) if mode is None else mode)
-        with os.fdopen(fd, "wb") as fh:
+        # Owned by the file object at once, so a failing fchmod cannot leak the descriptor.
+        fh = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        with fh:
+            # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+            os.fchmod(fh.fileno(), (0o666 & ~_UMASK) if mode is None else mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -34,6 +34,11 @@ _MEMBERS = {MANIFEST_NAME, MODEL_NAME}
 _SIGNED_MEMBERS = _MEMBERS | {SIGNATURE_NAME}
 # Fixed timestamp so that packing the same model twice gives identical bytes.
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)
+# What zipfile raises on damaged or tampered headers besides BadZipFile: negative seeks and
+# undecodable names (ValueError), "encrypted" flags (RuntimeError), unknown versions and
+# compression flags (NotImplementedError). All mean the same thing here: not a valid bundle.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+               NotImplementedError)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -143,13 +148,17 @@ def read_bundle(source: str | os.PathLike[str] | bytes) -> Bundle:
         where = str(p)
         if not p.is_file():
             raise BundleError(f"bundle {where} does not exist or is not a file")
-        size = p.stat().st_size
-        if size > MAX_BUNDLE_BYTES:
-            raise BundleError(f"bundle {where} is {size} bytes; at most {MAX_BUNDLE_BYTES} expected")
-        data = p.read_bytes()
+        try:
+            size = p.stat().st_size
+            if size > MAX_BUNDLE_BYTES:
+                raise BundleError(f"bundle {where} is {size} bytes; at most {MAX_BUNDLE_BYTES} "
+                                  "expected")
+            data = p.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read bundle {where}: {exc}") from exc
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleError(
             f"{where} is not a readable bundle (truncated or not a zip: {exc}); "
             f"expected a zip holding {MANIFEST_NAME} and {MODEL_NAME}"
@@ -170,7 +179,7 @@ def read_bundle(source: str | os.PathLike[str] | bytes) -> Bundle:
             manifest_raw = zf.read(MANIFEST_NAME)
             model = zf.read(MODEL_NAME)
             signature_raw = zf.read(SIGNATURE_NAME) if SIGNATURE_NAME in names else None
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        except _ZIP_ERRORS as exc:
             raise BundleError(f"{where} is corrupt or truncated: {exc}") from exc
     manifest = Manifest.from_json(manifest_raw)
     digest = sha256_hex(model)

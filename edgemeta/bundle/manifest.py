@@ -6,6 +6,8 @@ The manifest is plain JSON so that any board (and any human) can read it without
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -28,6 +30,45 @@ SCHEMA_VERSION = 1
 # fullmatch, not match: "$" also matches before a trailing newline, and "2.0.0\n" must not pass.
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _DISTANCES = ("squared_euclidean", "cosine")
+# Printable, and no quote or backslash: the name ends up in logs, tables and generated C headers.
+_NAME_RE = re.compile(r'[^\x00-\x1f\x7f"\\]{1,128}')
+
+
+def _int(value: Any, where: str, minimum: int | None = None) -> int:
+    """``value`` as an int if it is an integer (numpy ones too, never a bool), else BundleError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise BundleError(f"manifest {where} is {value!r}; expected an integer{bound}")
+    return int(value)
+
+
+def _real(value: Any, where: str, positive: bool = False) -> float:
+    """``value`` as a finite float (ints accepted, bools not), else BundleError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or (positive and value <= 0):
+        raise BundleError(f"manifest {where} is {value!r}; expected a finite "
+                          f"{'positive ' if positive else ''}number")
+    return float(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    # A JSON string such as "false" is truthy: coercing it would silently flip the setting.
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b":
+        return bool(value)
+    raise BundleError(f"manifest {where} is {value!r}; expected true or false")
+
+
+def _pairs(value: Any, where: str) -> tuple[Any, ...]:
+    """A list or tuple as a tuple; a string (which tuple() would split into characters) refused."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise BundleError(f"manifest {where} is {value!r}; expected a list")
+    return tuple(value)
+
+
+def _no_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which are not JSON and make no sense in a manifest.
+    raise ValueError(f"{name} is not a valid JSON value")
 
 
 def validate_version(version: str) -> str:
@@ -55,10 +96,17 @@ class Preprocessing:
     scale: float = 1.0 / 255.0
 
     def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise BundleError(f"preprocessing size must be (height, width) > 0, got {self.size}")
-        if self.channels not in (1, 3):
-            raise BundleError(f"preprocessing channels must be 1 or 3, got {self.channels}")
+        size = _pairs(self.size, "input.preprocessing.size")
+        if len(size) != 2:
+            raise BundleError(f"manifest input.preprocessing.size must be (height, width) > 0, "
+                              f"got {self.size!r}")
+        object.__setattr__(self, "size", tuple(_int(v, "input.preprocessing.size", 1) for v in size))
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+            raise BundleError(f"manifest input.preprocessing.channels must be 1 or 3, got "
+                              f"{self.channels!r}")
+        object.__setattr__(self, "channels", int(self.channels))
+        object.__setattr__(self, "invert", _bool(self.invert, "input.preprocessing.invert"))
+        object.__setattr__(self, "scale", _real(self.scale, "input.preprocessing.scale", True))
         if self.resample not in ("bilinear", "nearest", "bicubic", "box", "lanczos"):
             raise BundleError(
                 f"preprocessing resample {self.resample!r} unknown; "
@@ -137,6 +185,18 @@ class InputSpec:
     zero_point: int
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
+    def __post_init__(self) -> None:
+        shape = _pairs(self.shape, "input.shape")
+        object.__setattr__(self, "shape", tuple(
+            None if d is None else _int(d, "input.shape", 1) for d in shape))
+        if not isinstance(self.dtype, str):
+            raise BundleError(f"manifest input.dtype is {self.dtype!r}; expected a name such as "
+                              "'int8'")
+        object.__setattr__(self, "scale", _real(self.scale, "input.scale"))
+        object.__setattr__(self, "zero_point", _int(self.zero_point, "input.zero_point"))
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise BundleError("manifest input.preprocessing is malformed; expected an object")
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -180,26 +240,38 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise BundleError(f"manifest name {self.name!r} is not valid; expected 1-128 printable "
+                              "characters without quotes or backslashes")
         validate_version(self.version)
-        if not re.fullmatch(r"[0-9a-f]{64}", self.model_sha256 or ""):
+        if not isinstance(self.model_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}",
+                                                                       self.model_sha256):
             raise BundleError(
                 f"manifest model_sha256 {self.model_sha256!r} is not a 64-digit lowercase hex digest"
             )
+        object.__setattr__(self, "model_bytes", _int(self.model_bytes, "model_bytes", 0))
+        object.__setattr__(self, "embedding_dim", _int(self.embedding_dim, "embedding_dim", 1))
+        object.__setattr__(self, "output_scale", _real(self.output_scale, "output_scale"))
+        object.__setattr__(self, "output_zero_point",
+                           _int(self.output_zero_point, "output_zero_point"))
+        if not isinstance(self.input, InputSpec):
+            raise BundleError("manifest input is malformed; expected an object")
         if self.distance not in _DISTANCES:
             raise BundleError(f"manifest distance {self.distance!r} unknown; expected one of {_DISTANCES}")
-        shifts = tuple(tuple(int(v) for v in s) for s in self.test_time_shifts)
+        object.__setattr__(self, "normalize_embeddings",
+                           _bool(self.normalize_embeddings, "normalize_embeddings"))
+        shifts = tuple(tuple(_int(v, "test_time_shifts") for v in _pairs(s, "test_time_shifts"))
+                       for s in _pairs(self.test_time_shifts, "test_time_shifts"))
         if any(len(s) != 2 for s in shifts) or len(shifts) > 16:
             raise BundleError(f"manifest test_time_shifts {self.test_time_shifts!r}: expected at "
                               "most 16 (dy, dx) pairs")
         object.__setattr__(self, "test_time_shifts", shifts)
-        boards = tuple(self.boards)
+        boards = _pairs(self.boards, "boards")
         if any(not isinstance(b, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", b)
                for b in boards):
             raise BundleError(f"manifest boards {self.boards!r}: expected board profile names "
                               "such as 'rpi-4b'")
         object.__setattr__(self, "boards", boards)
-        if self.embedding_dim < 1:
-            raise BundleError(f"manifest embedding_dim must be positive, got {self.embedding_dim}")
 
     def to_json(self) -> str:
         """Serialise to indented JSON (stable key order)."""
@@ -209,8 +281,8 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> "Manifest":
         """Parse and validate a manifest; raise :class:`BundleError` naming what is wrong."""
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise BundleError("manifest.json must hold a JSON object")
@@ -220,7 +292,7 @@ class Manifest:
     def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
         """Build from a plain dict (as in manifest.json), checking the schema version and fields."""
         schema = data.get("schema_version")
-        if schema != SCHEMA_VERSION:
+        if type(schema) is not int or schema != SCHEMA_VERSION:  # true == 1 in Python
             raise BundleError(
                 f"manifest schema_version {schema!r} is not supported; this edgemeta reads "
                 f"schema_version {SCHEMA_VERSION}"
@@ -228,14 +300,11 @@ class Manifest:
         try:
             inp = dict(data["input"])
             pre = dict(inp.pop("preprocessing", {}))
-            pre["size"] = tuple(pre.get("size", (28, 28)))
-            input_spec = InputSpec(
-                shape=tuple(inp["shape"]),
-                dtype=str(inp["dtype"]),
-                scale=float(inp["scale"]),
-                zero_point=int(inp["zero_point"]),
-                preprocessing=_build(Preprocessing, pre, "input.preprocessing"),
-            )
+            for key in ("shape", "dtype", "scale", "zero_point"):
+                if key not in inp:
+                    raise KeyError(f"input.{key}")
+            inp["preprocessing"] = _build(Preprocessing, pre, "input.preprocessing")
+            input_spec = _build(InputSpec, inp, "input")
             top = {k: v for k, v in data.items() if k not in ("input", "provenance", "self_test")}
             top["input"] = input_spec
             if data.get("self_test") is not None:
@@ -244,7 +313,7 @@ class Manifest:
             return _build(cls, top, "manifest")
         except KeyError as exc:
             raise BundleError(f"manifest.json lacks the required field {exc}") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise BundleError(f"manifest.json has a field of the wrong type: {exc}") from exc
 
 

@@ -73,7 +73,7 @@ class Signature:
         """Parse ``signature.json``; raise :class:`SignatureError` naming what is malformed."""
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SignatureError(f"{SIGNATURE_NAME} is not valid JSON ({exc}); expected "
                                  '{"algorithm": "ed25519", "key_id": ..., "signature": ...}') from exc
         if not isinstance(data, dict) or set(data) != {"algorithm", "key_id", "signature"}:
@@ -88,7 +88,7 @@ class Signature:
             raise SignatureError(f"{SIGNATURE_NAME}: key_id {key_id!r} is not 16 lowercase hex digits")
         try:
             raw_sig = base64.b64decode(sig, validate=True) if isinstance(sig, str) else b""
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
             raw_sig = b""
         if len(raw_sig) != 64:
             raise SignatureError(f"{SIGNATURE_NAME}: signature is not 64 bytes of base64; "

@@ -78,7 +78,7 @@ def read_config(home: BoardHome | str | os.PathLike[str]) -> BoardConfig:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); rewrite it with: edgemeta board "
                           "init") from exc
     if not isinstance(data, dict) or data.get("schema") != _CONFIG_SCHEMA:

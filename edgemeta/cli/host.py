@@ -48,12 +48,16 @@ def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query:
           rotations: bool, holdout: str, seed: int, test_fraction: float,
           checkpoint_every: int, resume: bool) -> None:
     """Meta-train a Conv-4 embedding network on N-way K-shot episodes."""
+    from edgemeta.errors import ConfigError
     from edgemeta.meta import TrainConfig
     from edgemeta.pipeline import DataSplit, train_run
 
+    if minutes is not None and not minutes > 0:  # 0 must not silently mean "no budget"
+        raise ConfigError(f"--minutes must be a positive time budget, got {minutes}")
     config = TrainConfig(algorithm=algorithm, n_way=way, k_shot=shot, n_query=query,
                          meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr,
-                         episodes=episodes, time_budget_s=minutes * 60 if minutes else None,
+                         episodes=episodes,
+                         time_budget_s=minutes * 60 if minutes is not None else None,
                          filters=filters, learning_rate=lr, augment=augment, normalize=normalize,
                          seed=seed, checkpoint_every=checkpoint_every)
     split = DataSplit(source, test_fraction, seed,
@@ -86,8 +90,11 @@ def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query:
 def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_episodes: int,
             prune: float, tta_shift: int, sign_key: str | None, boards: tuple[str, ...]) -> None:
     """Convert a training run to a full-integer int8 bundle and report float vs int8 accuracy."""
+    from edgemeta.errors import ConfigError
     from edgemeta.pipeline import bundle_run, load_run
 
+    if tta_shift < 0:
+        raise ConfigError(f"--tta-shift must be a number of pixels >= 0, got {tta_shift}")
     model, config, split, pre, _ = load_run(run_dir)
     bundle, report = bundle_run(model, config, split, pre, out_path, name=name or Path(out_path).stem,
                                 version=version, eval_episodes=eval_episodes, prune=prune,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,12 +22,30 @@ from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.errors import DataError
 from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, image_to_array
 
-__all__ = ["IMAGE_SUFFIXES", "load_image_folder", "load_omniglot"]
+__all__ = ["IMAGE_SUFFIXES", "load_dataset_folder", "load_image_folder", "load_omniglot"]
 
 _OMNIGLOT_LAYOUT = "<alphabet>/<character>/<drawing>.png"
 _FOLDER_LAYOUT = "<class>/<image>.png (or .jpg/.jpeg/.bmp)"
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# What reading one member of a damaged archive raises: bad CRC (BadZipFile), bad deflate data
+# (zlib.error), a cut-off stream (EOFError), an encrypted member (RuntimeError), an unknown
+# compression method (NotImplementedError).
+_READ_ERRORS = (OSError, KeyError, EOFError, RuntimeError, NotImplementedError, ValueError,
+                zipfile.BadZipFile, zlib.error)
+
+
+class _LayoutError(DataError):
+    """The source is not laid out as the loader expects (as opposed to damaged content).
+
+    ``deep``: it has images below class level, so it is more likely a wrongly nested Omniglot
+    tree than a class folder, and this message is the more useful one.
+    """
+
+    def __init__(self, message: str, deep: bool = False) -> None:
+        super().__init__(message)
+        self.deep = deep
 
 
 @dataclass(frozen=True)
@@ -44,12 +63,15 @@ class _Source:
         self.path = path
         self._zip = zf
         self._max_depth = max_depth
+        # Listed parts -> the member's stored name: './a/b.png' and 'a//b.png' list as ('a', 'b.png').
+        self._members: dict[tuple[str, ...], str] = {}
 
     def entries(self) -> Iterator[_Entry]:
         if self._zip is not None:
             for info in self._zip.infolist():
                 parts = tuple(p for p in PurePosixPath(info.filename).parts if p not in ("", "/"))
                 if parts and not _ignored(parts):
+                    self._members.setdefault(parts, info.filename)
                     yield _Entry(parts, info.is_dir())
             return
         root = str(self.path)
@@ -65,7 +87,7 @@ class _Source:
 
     def read(self, parts: tuple[str, ...]) -> bytes:
         if self._zip is not None:
-            return self._zip.read("/".join(parts))
+            return self._zip.read(self._members.get(parts, "/".join(parts)))
         return self.path.joinpath(*parts).read_bytes()
 
     def describe(self, parts: tuple[str, ...]) -> str:
@@ -131,17 +153,26 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _stack(
-    files: Sequence[tuple[_Source, tuple[str, ...], int]], size: tuple[int, int] | None
+    files: Sequence[tuple[_Source, tuple[str, ...], int]],
+    size: tuple[int, int] | None,
+    mixed_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``(source, parts, label)`` triples into one uint8 array and their labels."""
+    """Decode ``(source, parts, label)`` triples into one uint8 array and their labels.
+
+    Without ``size``, images of different sizes are resized to ``mixed_size`` if given (the
+    whole set is decoded again), and are an error otherwise.
+    """
     images: np.ndarray | None = None
     first_where = ""
     for i, (src, parts, _) in enumerate(files):
         where = src.describe(parts)
         try:
             data = src.read(parts)
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
-            raise DataError(f"cannot read {where}: {exc}") from exc
+        except _READ_ERRORS as exc:
+            raise DataError(
+                f"cannot read {where}: {str(exc) or exc.__class__.__name__}; expected an intact, "
+                "unencrypted file (re-download or re-create the archive)"
+            ) from exc
         im = _decode(data, where)
         if size is not None and im.size != (size[1], size[0]):
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -150,6 +181,8 @@ def _stack(
             images = np.empty((len(files),) + arr.shape, dtype=np.uint8)
             first_where = where
         elif arr.shape != images.shape[1:]:
+            if mixed_size is not None:
+                return _stack(files, mixed_size)
             raise DataError(
                 f"images differ in size: {where} is {arr.shape[1]}x{arr.shape[0]} but "
                 f"{first_where} is {images.shape[2]}x{images.shape[1]} (width x height); "
@@ -161,7 +194,11 @@ def _stack(
 
 
 def load_image_folder(
-    path: PathLike, size: tuple[int, int] | None = None, name: str | None = None
+    path: PathLike,
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+    *,
+    mixed_size: tuple[int, int] | None = None,
 ) -> ImageClassDataset:
     """Load a folder with one subfolder of images per class.
 
@@ -173,6 +210,8 @@ def load_image_folder(
         size: ``(height, width)`` to resize every image to (Pillow bilinear). Without it all
             images must already share one size.
         name: Dataset name; defaults to the folder's name.
+        mixed_size: ``(height, width)`` to resize every image to if, and only if, they do not
+            share one size (e.g. the model's input size, which the board resizes any image to).
 
     Returns:
         A dataset whose class names are the subfolder names and whose class groups are ``""``.
@@ -181,7 +220,7 @@ def load_image_folder(
         DataError: Missing folder, wrong layout, a class without images, an unreadable image,
             or mixed image sizes without ``size``.
     """
-    size = _check_size(size)
+    size, mixed_size = _check_size(size), _check_size(mixed_size)
     src = _open_source(path, allow_zip=False, max_depth=3, what="image folder")
     classes: dict[str, list[str]] = {}
     nested: set[str] = set()
@@ -198,12 +237,12 @@ def load_image_folder(
             elif len(e.parts) == 1:
                 stray.append(e.parts[0])
     if stray:
-        raise DataError(
+        raise _LayoutError(
             f"image folder {src.path} has images directly inside it (e.g. {sorted(stray)[0]!r}); "
             f"expected {_FOLDER_LAYOUT}, one subfolder per class"
         )
     if not classes:
-        raise DataError(
+        raise _LayoutError(
             f"image folder {src.path} has no class subfolders; expected {_FOLDER_LAYOUT}"
         )
     files: list[tuple[_Source, tuple[str, ...], int]] = []
@@ -215,11 +254,11 @@ def load_image_folder(
                 if cls in nested
                 else ""
             )
-            raise DataError(
+            raise _LayoutError(
                 f"class folder {src.path / cls} has no images{hint}; expected {_FOLDER_LAYOUT}"
             )
         files.extend((src, (cls, f), label) for f in sorted(classes[cls]))
-    images, labels = _stack(files, size)
+    images, labels = _stack(files, size, mixed_size)
     names = tuple(sorted(classes))
     return ImageClassDataset(images, labels, names, ("",) * len(names), name or src.path.name)
 
@@ -229,7 +268,9 @@ def _omniglot_classes(src: _Source) -> dict[tuple[str, str], list[tuple[str, ...
     entries = list(src.entries())
     images = [e.parts for e in entries if not e.is_dir and _is_image(e.parts[-1])]
     if not images:
-        raise DataError(f"Omniglot source {src.path} holds no images; expected {_OMNIGLOT_LAYOUT}")
+        raise _LayoutError(
+            f"Omniglot source {src.path} holds no images; expected {_OMNIGLOT_LAYOUT}"
+        )
     depths = {len(p) for p in images}
     tops = {p[0] for p in images}
     if depths == {4} and len(tops) == 1:
@@ -241,13 +282,15 @@ def _omniglot_classes(src: _Source) -> dict[tuple[str, str], list[tuple[str, ...
         odd = sorted(p for p in images if len(p) != expected)
         example = "/".join(odd[0]) if odd else "/".join(sorted(images)[0])
         why = (
-            f"found several top-level folders {sorted(tops)[:4]}; pass each as its own source"
+            f"found several top-level folders {sorted(tops)[:4]}; pass each as its own source "
+            "(comma-separated for --data)"
             if depths == {4}
             else f"'{example}' is not at that depth"
         )
-        raise DataError(
+        raise _LayoutError(
             f"Omniglot source {src.path} is not laid out as {_OMNIGLOT_LAYOUT} (optionally under "
-            f"one top-level folder): {why}"
+            f"one top-level folder): {why}",
+            deep=max(depths) >= 3,
         )
     classes: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     for e in entries:
@@ -269,6 +312,8 @@ def load_omniglot(
     sources: PathLike | Sequence[PathLike],
     size: tuple[int, int] | None = None,
     name: str | None = None,
+    *,
+    mixed_size: tuple[int, int] | None = None,
 ) -> ImageClassDataset:
     """Load Omniglot from one or more folders or zip archives (read in place, never extracted).
 
@@ -282,6 +327,8 @@ def load_omniglot(
         size: ``(height, width)`` to resize every drawing to (Pillow bilinear); by default the
             drawings must share one size (105x105 in Omniglot).
         name: Dataset name; defaults to the source names joined with ``+``.
+        mixed_size: ``(height, width)`` to resize every drawing to if, and only if, they do
+            not share one size.
 
     Returns:
         A dataset with classes sorted by ``"<alphabet>/<character>"`` name, class groups the
@@ -291,7 +338,7 @@ def load_omniglot(
         DataError: Missing source, unreadable zip, wrong layout, an empty character folder, an
             unreadable image, or mixed sizes without ``size``.
     """
-    size = _check_size(size)
+    size, mixed_size = _check_size(size), _check_size(mixed_size)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     paths = list(sources)
@@ -313,7 +360,7 @@ def load_omniglot(
         for label, key in enumerate(keys):
             src, drawings = found[key]
             files.extend((src, parts, label) for parts in sorted(drawings))
-        images, labels = _stack(files, size)
+        images, labels = _stack(files, size, mixed_size)
     finally:
         for src in opened:
             src.close()
@@ -325,3 +372,35 @@ def load_omniglot(
         tuple(a for a, _ in keys),
         name or default_name,
     )
+
+
+def load_dataset_folder(
+    path: PathLike, mixed_size: tuple[int, int] | None = None, name: str | None = None
+) -> ImageClassDataset:
+    """Load a folder in whichever layout it has: Omniglot's, or one subfolder per class.
+
+    Only a folder that is not laid out as Omniglot is read as ``<class>/*.png``, so a damaged
+    drawing in an Omniglot tree is reported as such, not as a wrong layout.
+
+    Args:
+        path: The folder.
+        mixed_size: ``(height, width)`` to resize every image to if, and only if, the images
+            do not share one size. Without it, mixed sizes are an error.
+        name: Dataset name; defaults to the folder's name.
+
+    Returns:
+        The dataset (see :func:`load_omniglot` and :func:`load_image_folder`).
+
+    Raises:
+        DataError: As the two loaders do; for a folder in neither layout, the message of the
+            layout it looks closer to (images nested deeper than ``<class>/``: Omniglot's).
+    """
+    try:
+        return load_omniglot(path, name=name, mixed_size=mixed_size)
+    except _LayoutError as omniglot_error:
+        try:
+            return load_image_folder(path, name=name, mixed_size=mixed_size)
+        except _LayoutError:
+            if omniglot_error.deep:
+                raise omniglot_error from None
+            raise

@@ -171,19 +171,21 @@ def adapt_model(backbone: Any, support_x: np.ndarray, support_y: Any, steps: int
 
 
 def _prototype_accuracy(model: Any, support: tuple[np.ndarray, Any],
-                        query: tuple[np.ndarray, Any], metric: str) -> float:
+                        query: tuple[np.ndarray, Any], metric: str, normalize: bool) -> float:
     sx, sy = support
     qx, qy = query
-    names, protos, _ = compute_prototypes(embed_float(model, np.asarray(sx, np.float32)),
-                                          [str(v) for v in np.asarray(sy)])
-    preds = classify_embeddings(embed_float(model, np.asarray(qx, np.float32)), names, protos,
-                                metric)
+    names, protos, _ = compute_prototypes(
+        embed_float(model, np.asarray(sx, np.float32), normalize=normalize),
+        [str(v) for v in np.asarray(sy)])
+    preds = classify_embeddings(
+        embed_float(model, np.asarray(qx, np.float32), normalize=normalize), names, protos,
+        metric)
     return float(np.mean([p.label == str(t) for p, t in zip(preds, np.asarray(qy))]))
 
 
 def prototype_vs_adapted(backbone: Any, adapted: Any, support: tuple[np.ndarray, Any],
-                         query: tuple[np.ndarray, Any],
-                         metric: str = "squared_euclidean") -> tuple[float, float]:
+                         query: tuple[np.ndarray, Any], metric: str = "squared_euclidean",
+                         normalize: bool = False) -> tuple[float, float]:
     """Nearest-prototype accuracy on held-out queries with the original vs the adapted backbone.
 
     Both models embed in inference mode (as the board does); prototypes are the support means.
@@ -194,6 +196,8 @@ def prototype_vs_adapted(backbone: Any, adapted: Any, support: tuple[np.ndarray,
         support: ``(images, labels)`` the prototypes (and the adaptation) come from.
         query: ``(images, labels)`` held out from adaptation, labels among the support's.
         metric: ``squared_euclidean`` or ``cosine``, as in the bundle's manifest.
+        normalize: Unit-length embeddings, as the board computes them for a manifest with
+            ``normalize_embeddings`` (a run trained with ``normalize``).
 
     Returns:
         ``(acc_prototypes, acc_adapted)`` in [0, 1].
@@ -201,5 +205,5 @@ def prototype_vs_adapted(backbone: Any, adapted: Any, support: tuple[np.ndarray,
     unknown = set(np.asarray(query[1]).tolist()) - set(np.asarray(support[1]).tolist())
     if unknown:
         raise InputError(f"query labels {sorted(unknown)[:5]} have no support examples")
-    return (_prototype_accuracy(backbone, support, query, metric),
-            _prototype_accuracy(adapted, support, query, metric))
+    return (_prototype_accuracy(backbone, support, query, metric, normalize),
+            _prototype_accuracy(adapted, support, query, metric, normalize))

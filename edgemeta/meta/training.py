@@ -20,7 +20,7 @@ from edgemeta.errors import ConfigError, DataError
 from edgemeta.meta.adapt import recalibrate_batch_norm
 from edgemeta.meta.augment import augment_images
 from edgemeta.meta.backbones import conv4
-from edgemeta.meta.checkpoint import load_checkpoint, save_checkpoint
+from edgemeta.meta.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
 from edgemeta.meta.config import ALGORITHMS, TrainConfig
 from edgemeta.meta.evaluate import embed_float, episode_accuracies, summarize
 from edgemeta.meta.learners import make_learner
@@ -115,10 +115,12 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
         config: The run's configuration.
         val_x, val: Optional unseen classes for periodic prototype validation (float model).
         progress: Show a progress bar with the running loss and validation accuracy.
-        log_path: One JSON line per logged point (rewritten; appended to when resuming).
+        log_path: One JSON line per logged point (rewritten; when resuming, from the
+            checkpoint's history on).
         checkpoint_dir: Where ``checkpoint.npz`` goes every ``config.checkpoint_every`` episodes
             and at the end.
-        resume: Continue from ``checkpoint_dir``'s checkpoint (same config required).
+        resume: Continue from ``checkpoint_dir``'s checkpoint (same config and training data
+            required).
         strategy: A ``tf.distribute`` strategy; ``meta_batch`` must divide by its replicas.
     """
     tqdm = require("tqdm", "the training progress bar").tqdm
@@ -143,16 +145,30 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     sampler = EpisodeSampler(train, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     val_episodes = None
     if val is not None and val_x is not None:
-        val_episodes = EpisodeSampler(val, config.val_way, config.val_shot, 5, seed=config.seed + 1,
-                                      within_group=config.val_within_group).take(config.val_episodes)
+        try:
+            val_sampler = EpisodeSampler(val, config.val_way, config.val_shot, 5,
+                                         seed=config.seed + 1, within_group=config.val_within_group)
+        except DataError as exc:
+            # The user chose way/shot/query for training; say which other episodes failed.
+            raise DataError(
+                f"validation on the {val.num_classes} unseen classes needs {config.val_way}-way "
+                f"{config.val_shot}-shot episodes with 5 queries per class: {exc}; hold out more "
+                "classes (--test-fraction, --holdout) or add images") from exc
+        val_episodes = val_sampler.take(config.val_episodes)
     history: list[dict[str, float]] = []
     start_episode, elapsed_before = 0, 0.0
     ckpt = checkpoint_dir / "checkpoint.npz" if checkpoint_dir else None
+    fingerprint = data_fingerprint(train_x, train.labels, train.class_names) if ckpt else None
     if resume:
         if ckpt is None or not ckpt.is_file():
             raise ConfigError(f"nothing to resume: no checkpoint at {ckpt}")
-        state = load_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state])
-        sampler.set_state(state["sampler"])
+        state = load_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state],
+                                data=fingerprint)
+        try:
+            sampler.set_state(state["sampler"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"checkpoint {ckpt} has a malformed episode sampler state ({exc}); "
+                              "delete it to start afresh, or train without --resume") from exc
         start_episode, elapsed_before = state["episode"], state["seconds"]
         history = state["history"]
     losses: list[float] = []
@@ -161,7 +177,15 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     bar = tqdm(range(start_episode + 1, config.episodes + 1), desc=f"meta-train {config.algorithm}",
                unit="step", disable=not progress, dynamic_ncols=True, initial=start_episode,
                total=config.episodes)
-    log_fh = open(log_path, "a" if resume else "w", encoding="utf-8") if log_path else None
+    if log_path:
+        # Created only now: a run refused above (bad data, nothing to resume) leaves no folder.
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log_fh = open(log_path, "w", encoding="utf-8") if log_path else None
+    if log_fh:
+        # The checkpoint's history is the log up to its episode; points logged after it (a run
+        # stopped between a log point and its next checkpoint) are logged again below.
+        log_fh.writelines(json.dumps(point) + "\n" for point in history)
+        log_fh.flush()
     episode = start_episode
     try:
         for episode in bar:
@@ -191,7 +215,7 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
                                  if k in ("loss", "train_acc", "val_acc")})
             if ckpt and (last or (config.checkpoint_every and episode % config.checkpoint_every == 0)):
                 save_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state],
-                                episode=episode,
+                                episode=episode, data=fingerprint,
                                 seconds=time.perf_counter() - started,
                                 sampler=sampler.get_state(), history=history)
             if out_of_time:

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgemeta.bundle import BoardHome, Bundle, Manifest, read_bundle
 from edgemeta.errors import BundleError, InputError, StateError
-from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.embedder import Embedder, output_details
 from edgemeta.runtime.examples import to_uint8
 from edgemeta.runtime.preprocess import ImageLike, preprocess_batch
 from edgemeta.runtime.prototypes import Prediction, PrototypeStore
@@ -42,6 +42,12 @@ class FewShotClassifier:
         if self.embedder.input_shape != expected:
             raise BundleError(f"model input is {self.embedder.input_shape} but the manifest's "
                               f"preprocessing makes {expected}: the bundle is inconsistent")
+        # Checked here, once: otherwise every enroll fails on the prototypes' shape, which
+        # reads as if the user's images were wrong.
+        out_dim = int(output_details(self.embedder.interpreter)["shape"][-1])
+        if out_dim != m.embedding_dim:
+            raise BundleError(f"model output is {out_dim}-d but the manifest says embedding_dim "
+                              f"{m.embedding_dim}: the bundle is inconsistent")
         self.store = PrototypeStore(m.embedding_dim, m.model_sha256, m.distance)
         if home is not None:
             self._restore(home.prototypes_path(m.model_sha256))
@@ -71,8 +77,13 @@ class FewShotClassifier:
                                  f"expected {self.manifest.embedding_dim}-d")
         except StateError as exc:
             # A board must keep running: start empty, keep the bad file for inspection.
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
+            aside = _free_name(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+            try:
+                os.replace(path, aside)
+            except OSError as err:  # read-only card: still start, and say the file stayed
+                log.error("%s; could not move it aside (%s); started with no classes enrolled",
+                          exc, err)
+                return
             log.error("%s; moved it to %s and started with no classes enrolled", exc, aside)
             return
         self.store = stored
@@ -128,9 +139,24 @@ class FewShotClassifier:
         self.store.forget(label)
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Persist what was learned, crash-safely; default: the board home's state file."""
+        """Persist what was learned, crash-safely; default: the board home's state file.
+
+        Raises:
+            InputError: no path was given and the classifier has no board home.
+            StateError: the file could not be written (e.g. a full disk); the previous state
+                file is unchanged.
+        """
         if path is None:
             if self.home is None:
                 raise InputError("save() needs a path when the classifier was not loaded from a board home")
             path = self.home.prototypes_path(self.manifest.model_sha256)
         return self.store.save(path)
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``...: the first that does not exist (never overwrite)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate

@@ -77,8 +77,15 @@ class Embedder:
                 f"model input must be a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                 f"got {x.shape}"
             )
+        if x.dtype.kind != "f":
+            # Raw uint8 pixels would be quantised unscaled and saturate: garbage, silently.
+            raise InputError(f"model input must be float images from preprocess_batch(), got "
+                             f"dtype {x.dtype}; preprocess raw pixels first")
         shifts = self.manifest.test_time_shifts
         n = x.shape[0]
+        if n == 0:
+            self.last_invoke_s = 0.0
+            return np.zeros((0, self.manifest.embedding_dim), dtype=np.float32)
         if shifts:
             x = shifted_views(x, ((0, 0), *shifts))
         chunks = []

@@ -147,10 +147,14 @@ class ExampleBank:
         index = np.asarray(data["ex_index"], dtype=np.int64)
         images = np.asarray(data["ex_images"])
         if (len(seen) != len(labels) or len(index) != len(images) or images.dtype != np.uint8
+                or images.ndim != 4 or len(set(labels)) != len(labels)
                 or (len(index) and (index.min() < 0 or index.max() >= len(labels)))):
             raise ValueError("stored examples are inconsistent")
         for i, label in enumerate(labels):
-            bank._images[label] = [im for im in images[index == i]]
+            kept = [im for im in images[index == i]]
+            if not kept:  # an empty sample would break images(); the class has none to keep
+                continue
+            bank._images[label] = kept
             bank._seen[label] = int(seen[i])
         return bank
 

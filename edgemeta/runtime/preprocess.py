@@ -33,16 +33,39 @@ _RESAMPLE = {
 }
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _wide_to_uint8(img: Image.Image) -> np.ndarray:
+    # Pillow's convert("L") clips a 16-bit image to 0-255 instead of scaling it, which turns
+    # all but the darkest grey levels white. I;16 modes are 16-bit by definition; mode "I" (how
+    # older Pillow opens 16-bit PNGs, and 32-bit TIFFs) is taken as 16-bit when a value exceeds
+    # 255, else as 8-bit values already.
+    wide = np.asarray(img).astype(np.int64)
+    if img.mode in _SIXTEEN_BIT or (wide.size and wide.max() > 255):
+        out = np.round(wide / 257.0)
+    else:
+        out = wide
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    key = img.info.get("transparency")
+    if isinstance(key, int):  # a grey level marked transparent: white paper, like alpha below
+        out[wide == key] = 255
+    return out
+
+
 def image_to_array(img: Image.Image) -> np.ndarray:
     """A decoded Pillow image as uint8 HxW (grayscale) or HxWx3; transparency becomes white paper.
 
     The one place where image modes are interpreted, shared by the board and the host's loaders.
+    16-bit grayscale is scaled to 8 bits (not clipped).
     """
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        return _wide_to_uint8(img)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         return np.asarray(_flatten_alpha(img), dtype=np.uint8)
     if img.mode in ("L", "RGB"):
         return np.asarray(img, dtype=np.uint8)
-    if img.mode in ("1", "I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("1", "F"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
@@ -51,14 +74,21 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file into a uint8 array (HxW for grayscale, HxWx3 for colour).
 
     Raises:
-        InputError: the file is missing, is not an image Pillow can read, or is so large that
-            Pillow refuses it as a decompression bomb.
+        InputError: the file is missing, is not an image Pillow can read, or has more than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a possible decompression bomb).
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image file {p} does not exist; expected a path to a PNG/JPEG/BMP image")
     try:
         with Image.open(p) as img:
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decodes the whole
+            # image (up to ~180 megapixels): refuse it from the header instead, before decoding.
+            limit = Image.MAX_IMAGE_PIXELS
+            pixels = img.size[0] * img.size[1]
+            if limit is not None and pixels > limit:
+                raise InputError(f"{p} is {img.size[0]}x{img.size[1]} = {pixels} pixels; at most "
+                                 f"{limit} pixels expected (PIL.Image.MAX_IMAGE_PIXELS)")
             img.load()
             return image_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
@@ -124,7 +154,12 @@ def preprocess(image: ImageLike, spec: Preprocessing) -> np.ndarray:
 def preprocess_batch(images: Iterable[ImageLike] | np.ndarray, spec: Preprocessing) -> np.ndarray:
     """Preprocess many images into one float32 array of shape (N, H, W, C).
 
-    A uint8 array of shape (N, H, W) or (N, H, W, C) is taken as N images.
+    A uint8 array of shape (N, H, W) or (N, H, W, C) is taken as N images; a 3-D array whose
+    last axis is 1, 3 or 4 is refused as ambiguous (it is most likely one H x W x C image).
+
+    Raises:
+        InputError: an image is not of a kind :func:`to_uint8_image` accepts, or the batch
+            array has the wrong number of dimensions.
     """
     items: Sequence[ImageLike]
     if isinstance(images, np.ndarray):
@@ -132,6 +167,12 @@ def preprocess_batch(images: Iterable[ImageLike] | np.ndarray, spec: Preprocessi
             raise InputError(
                 f"a batch array must have shape (N, H, W) or (N, H, W, C), got {images.shape}; "
                 "pass a list to give single images"
+            )
+        if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+            # (H, W, C) of one image would otherwise be read as H images of W x C pixels.
+            raise InputError(
+                f"a batch array of shape {images.shape} looks like one image (H, W, C), not N "
+                "grayscale images; pass [image] or a batch of shape (N, H, W, C)"
             )
         items = list(images)
     elif isinstance(images, (str, os.PathLike)):
@@ -161,7 +202,14 @@ def shifted_views(x: np.ndarray, shifts: Sequence[tuple[int, int]]) -> np.ndarra
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
-    """Quantise float input to the model's integer input type (round half to even, saturate)."""
+    """Quantise float input to the model's integer input type (round half to even, saturate).
+
+    Raises:
+        InputError: ``x`` holds NaN or infinite values (their cast to int is undefined).
+    """
+    if not np.isfinite(x).all():
+        raise InputError("model input holds NaN or infinite values; expected finite floats "
+                         "(preprocess images with preprocess_batch)")
     info = np.iinfo(np.dtype(dtype))
     q = np.round(x / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)

@@ -71,6 +71,10 @@ def classify_embeddings(queries: np.ndarray, labels: Sequence[str], prototypes: 
     """Nearest-prototype predictions with a softmax over negative distances as the score."""
     if len(labels) == 0:
         raise InputError("no classes are enrolled; enroll at least one class before classifying")
+    queries = np.asarray(queries)
+    if queries.ndim != 2 or queries.shape[1] != prototypes.shape[1]:
+        raise InputError(f"query embeddings have shape {queries.shape}; expected "
+                         f"(N, {prototypes.shape[1]}) like the prototypes")
     d = pairwise_distances(queries.astype(np.float32), prototypes, metric)
     logits = -d - np.max(-d, axis=1, keepdims=True)
     probs = np.exp(logits) / np.sum(np.exp(logits), axis=1, keepdims=True)
@@ -112,6 +116,12 @@ class PrototypeStore:
         """Return ``label`` if it is a usable class name, else raise InputError."""
         if not isinstance(label, str) or not label.strip() or len(label) > 200:
             raise InputError(f"a label must be a non-empty string of at most 200 characters, "
+                             f"got {label!r}")
+        # A label must survive save and load unchanged: numpy drops trailing NULs from saved
+        # strings (so "a\x00" would come back as "a", colliding with "a" and making the whole
+        # state file unreadable), and a lone surrogate cannot be encoded at all.
+        if "\x00" in label or any("\ud800" <= c <= "\udfff" for c in label):
+            raise InputError(f"a label must not contain NUL characters or lone surrogates, "
                              f"got {label!r}")
         return label
 
@@ -168,9 +178,18 @@ class PrototypeStore:
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Persist atomically (temp file, fsync, rename): a kill at any moment leaves old or new."""
+        """Persist atomically (temp file, fsync, rename): a kill at any moment leaves old or new.
+
+        Raises:
+            StateError: the file could not be written (a full disk, a read-only card); the
+                previous file is unchanged and no temporary file is left behind.
+        """
         out = Path(path)
-        atomic_write_bytes(out, self.to_bytes())
+        try:
+            atomic_write_bytes(out, self.to_bytes())
+        except OSError as exc:  # a full disk, a read-only card: the old file is still intact
+            raise StateError(f"cannot save prototype state to {out}: {exc}; the previous state "
+                             "file is unchanged") from exc
         return out
 
     @classmethod
@@ -193,10 +212,20 @@ class PrototypeStore:
                              f"{exc}); expected a file written by PrototypeStore.save") from exc
         if (schema != _STATE_SCHEMA or means.ndim != 2 or counts.ndim != 1
                 or len({len(means), len(labels), len(counts)}) != 1 or len(set(labels)) != len(labels)
-                or (counts < 1).any()):
+                or (counts < 1).any() or means.shape[1] < 1):
             raise StateError(f"prototype state {path} is inconsistent (schema {schema}, "
                              f"{len(labels)} labels, means {means.shape}, counts {counts.shape}); "
                              f"expected schema {_STATE_SCHEMA} with one mean and count per label")
+        if not np.isfinite(means).all():
+            # A NaN prototype would make every prediction's score NaN, silently.
+            raise StateError(f"prototype state {path} holds non-finite prototype values; "
+                             "expected a file written by PrototypeStore.save")
+        # Only what save never wrote is refused here; a label that older releases accepted
+        # (validate_label has since tightened) must not get a whole state file set aside.
+        bad = [x for x in labels if not x.strip() or len(x) > 200]
+        if bad:
+            raise StateError(f"prototype state {path} holds invalid labels {bad[:3]!r}; expected "
+                             "non-empty labels of at most 200 characters")
         store = cls(means.shape[1], sha, metric)
         for label, mean, count in zip(labels, means, counts):
             store._means[label] = mean

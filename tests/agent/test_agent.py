@@ -109,6 +109,21 @@ def test_damaged_state_is_set_aside_and_the_board_starts(home):
     assert len(kept) == 1 and kept[0].stat().st_size == 100
 
 
+def test_two_damaged_states_in_one_second_are_both_kept(home, monkeypatch):
+    import edgemeta.runtime.classifier as classifier
+
+    monkeypatch.setattr(classifier.time, "time", lambda: 1_800_000_000.0)  # the same second
+    agent = DeviceAgent(home, "dev-1")
+    agent.process_inbox()
+    state = agent.home.prototypes_path(agent.classifier.manifest.model_sha256)
+    good = state.read_bytes()
+    for size in (100, 200):
+        state.write_bytes(good[:size])
+        assert DeviceAgent(home, "dev-1").classifier.labels == []
+    kept = sorted(p.stat().st_size for p in state.parent.glob("prototypes.npz.corrupt-*"))
+    assert kept == [100, 200]
+
+
 def test_agent_rolls_back_when_current_model_cannot_start(tmp_path):
     from dataclasses import replace
 
@@ -235,3 +250,23 @@ def test_log_backups_must_be_at_least_one(tmp_path):
     result = CliRunner().invoke(cli, ["device", "run", "--home", str(tmp_path), "--id", "d",
                                       "--log-backups", "0", "--once"])
     assert result.exit_code == 2 and "--log-backups" in result.output
+
+
+def test_failed_save_leaves_nothing_enrolled_in_memory_only(home, monkeypatch):
+    """A full card while saving: the class is not enrolled (in memory or on disk), its files go
+    to failed/, and the next start agrees with the running agent."""
+    from edgemeta.errors import StateError
+
+    agent = DeviceAgent(home, "dev-1")
+    before = list(agent.classifier.labels)
+
+    def full_disk() -> None:
+        raise StateError("cannot save the state file: no space left on device")
+
+    monkeypatch.setattr(agent.classifier, "save", full_disk)
+    report = agent.process_inbox()
+    assert report.enrolled == {}
+    assert agent.classifier.labels == before
+    assert (home / "inbox" / "failed" / "enroll" / "g0").is_dir()
+    monkeypatch.undo()
+    assert DeviceAgent(home, "dev-1").classifier.labels == before

@@ -99,3 +99,83 @@ def test_shipped_omniglot_bundle_is_valid():
     b = read_bundle(path)
     assert b.manifest.input.dtype == "int8" and path.stat().st_size <= 300_000
     assert len(b.manifest.test_time_shifts) == 4
+
+
+def _signed(tmp_path):
+    from edgemeta.bundle import generate_keypair, pack_bundle
+
+    keys = generate_keypair(tmp_path / "k")
+    model = b"TFL3" + bytes(range(256))
+    return pack_bundle(fake_manifest(model), model, tmp_path / "s.edgemeta",
+                       signing_key=keys.private_path).read_bytes()
+
+
+def _central_entries(data: bytes):
+    """Offsets of the central-directory file headers (signature PK\\x01\\x02)."""
+    at, found = 0, []
+    while (at := data.find(b"PK\x01\x02", at)) != -1:
+        found.append(at)
+        at += 4
+    return found
+
+
+@pytest.mark.parametrize("patch", ["encrypted", "version", "offset", "name"])
+def test_tampered_zip_headers_are_bundle_errors(tmp_path, patch):
+    """Header tampering that the zip module reports with other exception types (RuntimeError,
+    NotImplementedError, ValueError, UnicodeDecodeError) is still a BundleError."""
+    data = bytearray(_signed(tmp_path))
+    cd = _central_entries(bytes(data))[0]
+    if patch == "encrypted":
+        data[cd + 8] |= 0x01  # general-purpose flag bit 0: encrypted
+    elif patch == "version":
+        data[cd + 6] = 250  # "version needed to extract" far beyond what zipfile supports
+    elif patch == "offset":
+        # End-of-central-directory record: claim the directory starts later than it does, so
+        # zipfile computes negative member offsets (ValueError: negative seek value).
+        eocd = bytes(data).rfind(b"PK\x05\x06")
+        start = int.from_bytes(data[eocd + 16:eocd + 20], "little")
+        data[eocd + 16:eocd + 20] = (start + 1000).to_bytes(4, "little")
+    else:
+        data[cd + 9] |= 0x08  # flag bit 11: the name is UTF-8 ...
+        data[cd + 46] = 0xFF  # ... but it is not
+    with pytest.raises(BundleError):
+        read_bundle(bytes(data))
+
+
+def test_random_byte_flips_only_ever_give_bundle_errors(tmp_path):
+    import numpy as np
+
+    data = _signed(tmp_path)
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        b = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            b[int(rng.integers(len(b)))] = int(rng.integers(256))
+        try:
+            read_bundle(bytes(b))
+        except BundleError:
+            pass
+
+
+def test_hostile_signature_json_is_a_signature_error():
+    from edgemeta.bundle import Signature
+    from edgemeta.errors import SignatureError
+
+    for raw in (json.dumps({"algorithm": "ed25519", "key_id": "0" * 16,
+                            "signature": "\u00e9" * 88}).encode(),  # non-ASCII "base64"
+                b"[" * 100_000 + b"]" * 100_000):  # RecursionError in the decoder
+        with pytest.raises(SignatureError):
+            Signature.from_json(raw)
+
+
+def test_unreadable_bundle_file_is_a_bundle_error(fake_bundle, monkeypatch):
+    from pathlib import Path
+
+    path = fake_bundle()
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(BundleError, match="cannot read"):
+        read_bundle(path)

@@ -195,3 +195,15 @@ def test_mcu_module_is_board_side_safe():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_header_strings_stay_one_c_literal_whatever_the_text():
+    from firmware_bridge.mcu import _c_string
+
+    assert _c_string("omniglot-protonet 1.2.0") == "omniglot-protonet 1.2.0"
+    for hostile in ('a"; int x; //', "line\nbreak", "end\\", "tri??=graph", "é\x00"):
+        out = _c_string(hostile)
+        assert out.isascii() and out.isprintable() and '"' not in out and "?" not in out
+        # Every backslash starts a 3-digit octal escape: none can escape the literal or the line.
+        assert all(re.fullmatch(r"[0-7]{3}", out[i + 1:i + 4]) for i, c in enumerate(out) if c == "\\")
+    assert _c_string('a"b\n') == "a\\042b\\012"

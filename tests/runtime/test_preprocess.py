@@ -92,3 +92,56 @@ def test_shifted_views_zero_fill_and_order():
     assert not v[2, 0].any()                                         # filled with background
     np.testing.assert_array_equal(v[5, :, :3, 0], x[1, :, 1:, 0])   # left by one, image 2
     assert not v[6:].any()                                           # shifted out of frame
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grayscale_keeps_its_grey_levels(tmp_path, mode):
+    """A 16-bit PNG (Pillow opens it as I;16, older Pillow as I) was clipped to 8 bits: every
+    value above 255 (all but the darkest 0.4 % of the range) became white."""
+    from edgemeta.runtime import load_image
+    from edgemeta.runtime.preprocess import image_to_array
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32)
+    if mode == "I":
+        img = Image.fromarray(ramp.astype(np.int32), "I")
+    else:
+        img = Image.fromarray(ramp.astype(np.uint16))
+    expected = np.round(ramp / 257).astype(np.uint8)
+    arr = image_to_array(img)
+    assert arr.dtype == np.uint8 and arr.shape == (32, 32)
+    np.testing.assert_allclose(arr, expected, atol=1)
+    name = "g16.png" if mode == "I;16" else "g32.tif"  # Pillow writes mode I as TIFF only
+    img.save(tmp_path / name)
+    assert Image.open(tmp_path / name).mode == mode
+    loaded = load_image(tmp_path / name)
+    np.testing.assert_allclose(loaded, expected, atol=1)
+    assert loaded.mean() == pytest.approx(127.5, abs=1)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 3), (28, 28, 4), (28, 28, 1)])
+def test_one_colour_image_is_not_taken_for_a_batch(shape):
+    """preprocess_batch(np.zeros((28, 28, 3))) used to read one RGB image as 28 images of 28x3
+    pixels, so enroll("cat", rgb_array) enrolled 28 meaningless examples."""
+    with pytest.raises(InputError, match="one image"):
+        preprocess_batch(np.zeros(shape, np.uint8), Preprocessing())
+    assert preprocess_batch([np.zeros(shape, np.uint8)], Preprocessing()).shape == (1, 28, 28, 1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_refuses_non_finite_input(bad):
+    x = np.zeros((1, 2, 2, 1), np.float32)
+    x[0, 0, 0, 0] = bad
+    with pytest.raises(InputError, match="finite"):
+        quantize_input(x, 1 / 255, -128)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """Between MAX_IMAGE_PIXELS and twice that Pillow only warns and decodes the whole image
+    (up to ~180 megapixels by default: more memory than a small board has)."""
+    Image.new("L", (120, 120), 255).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 14,400 px: 1.44x the limit
+    with pytest.raises(InputError, match="pixels"):
+        preprocess(tmp_path / "big.png", Preprocessing())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user switched the limit off
+    assert preprocess(tmp_path / "big.png", Preprocessing()).shape == (28, 28, 1)
