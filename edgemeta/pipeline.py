@@ -257,14 +257,17 @@ def run_dir_of(model: str | Path) -> Path:
 
 def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path, *,
               version: str, steps: int = 10, lr: float | None = None,
-              name: str | None = None) -> tuple[Bundle, AdaptReport]:
+              name: str | None = None, signing_key: Any = None) -> tuple[Bundle, AdaptReport]:
     """Fine-tune a run's backbone on a site's ``<label>/*.png`` examples and export it as int8.
 
     Half of each class's examples (at least one) adapt, the rest measure nearest-prototype
-    accuracy before and after; the exported model is then adapted on all of them.
+    accuracy before and after; the exported model is then adapted on all of them. Adapting a
+    bundle keeps what the board does with it: its test-time views, board profiles and name.
+    The new bundle carries its own install-time self-test vector; ``signing_key`` signs it.
     """
     from edgemeta.meta.adapt import adapt_model, prototype_vs_adapted
 
+    source = None if Path(run_dir).is_dir() else read_bundle(run_dir).manifest
     run_dir = run_dir_of(run_dir)
     model, config, split, preprocessing, _ = load_run(run_dir)
     site = load_image_folder(support_dir, mixed_size=preprocessing.size)
@@ -294,7 +297,10 @@ def adapt_run(run_dir: str | Path, support_dir: str | Path, out_path: str | Path
                             extra={"adapted_from": str(run_dir), "adapt_steps": steps,
                                    "adapt_lr": lr, "site_classes": list(site.class_names),
                                    "prototype_accuracy": acc_p, "adapted_accuracy": acc_a})
-    path = export_bundle(int8, out_path, name=name or Path(out_path).stem, version=version,
-                         preprocessing=preprocessing, normalize_embeddings=config.normalize,
-                         provenance=provenance)
+    inherited = {} if source is None else {"test_time_shifts": source.test_time_shifts,
+                                            "boards": source.boards}
+    path = export_bundle(int8, out_path, name=name or (source.name if source else Path(out_path).stem),
+                         version=version, preprocessing=preprocessing,
+                         normalize_embeddings=config.normalize, provenance=provenance,
+                         self_test_input=x[0], signing_key=signing_key, **inherited)
     return read_bundle(path), report

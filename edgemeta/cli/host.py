@@ -114,8 +114,10 @@ def convert(run_dir: str, out_path: str, name: str | None, version: str, eval_ep
 @click.option("--version", "version", required=True, help="Version of the adapted bundle.")
 @click.option("--steps", default=10, show_default=True, help="SGD steps on the site's examples.")
 @click.option("--lr", type=float, default=None, help="Default: the run's inner learning rate.")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Sign the adapted bundle with this Ed25519 private key (PEM).")
 def adapt(run_dir: str, support_dir: str, out_path: str, version: str, steps: int,
-          lr: float | None) -> None:
+          lr: float | None, sign_key: str | None) -> None:
     """Fine-tune a (MAML-family) run on a site's few examples and re-export int8.
 
     Reports, on held-out examples of the site's classes, whether adaptation beats plain
@@ -123,7 +125,8 @@ def adapt(run_dir: str, support_dir: str, out_path: str, version: str, steps: in
     """
     from edgemeta.pipeline import adapt_run
 
-    bundle, r = adapt_run(run_dir, support_dir, out_path, version=version, steps=steps, lr=lr)
+    bundle, r = adapt_run(run_dir, support_dir, out_path, version=version, steps=steps, lr=lr,
+                          signing_key=sign_key)
     click.echo(f"{r.classes} classes, {r.support} examples to adapt, {r.held_out} held out:")
     click.echo(f"  prototypes, original model: {100 * r.prototype_accuracy:.1f} %")
     click.echo(f"  prototypes, adapted model : {100 * r.adapted_accuracy:.1f} %  "

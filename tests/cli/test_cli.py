@@ -159,18 +159,25 @@ def test_adapt_reports_and_exports(runner, tmp_path):
     site = make_glyph_dataset(n_classes=3, per_class=4, seed=77)
     write_image_folder(site, tmp_path / "site")
     r = runner.invoke(cli, ["convert", str(run_dir), "--out", str(tmp_path / "m.edgemeta"),
-                            "--eval-episodes", "3"])
+                            "--eval-episodes", "3", "--tta-shift", "2", "--board", "rpi-4b"])
     assert r.exit_code == 0, r.output
+    from edgemeta.bundle import generate_keypair, read_bundle
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     # The bundle records its run, so a user can adapt "the bundle" directly.
     r = runner.invoke(cli, ["adapt", str(tmp_path / "m.edgemeta"), "--support", str(tmp_path / "site"),
                             "--out", str(tmp_path / "site.edgemeta"), "--version", "1.1.0",
-                            "--steps", "3"])
+                            "--steps", "3", "--sign-key", str(tmp_path / "k.pem")])
     assert r.exit_code == 0, r.output
     assert "prototypes, original model" in r.output and "adapted model" in r.output
-    from edgemeta.bundle import read_bundle
-    m = read_bundle(tmp_path / "site.edgemeta").manifest
+    source = read_bundle(tmp_path / "m.edgemeta").manifest
+    adapted = read_bundle(tmp_path / "site.edgemeta")
+    m = adapted.manifest
     assert m.version == "1.1.0" and m.provenance.extra["adapt_steps"] == 3
     assert 0.0 <= m.provenance.extra["adapted_accuracy"] <= 1.0
+    # What the board does with the model is kept; the install health check has its vector.
+    assert m.test_time_shifts == source.test_time_shifts and len(m.test_time_shifts) == 4
+    assert m.boards == ("rpi-4b",) and m.name == source.name
+    assert m.self_test is not None and adapted.signature is not None
 
 
 def test_flash_refuses_downgrade_unless_allowed(runner, tmp_path):
