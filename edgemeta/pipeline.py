@@ -19,6 +19,7 @@ from edgemeta.bundle import Bundle, Preprocessing, Provenance, read_bundle
 from edgemeta.data import (
     EpisodeSampler,
     ImageClassDataset,
+    fit_episode_size,
     load_dataset_folder,
     load_image_folder,
     load_omniglot,
@@ -196,6 +197,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     train, test = split_source(split, preprocessing.size)
     # Sampled before the (slow) conversion so that data too small for the report fails early.
     try:
+        # Few or small unseen classes still get a report, on the largest episodes they fill.
+        eval_way, eval_shot, eval_query = fit_episode_size(test, eval_way, eval_shot, eval_query)
         sampler = EpisodeSampler(test, eval_way, eval_shot, eval_query, seed=split.seed + 7)
     except DataError as exc:
         raise DataError(f"the float-vs-int8 report on the {test.num_classes} unseen classes "

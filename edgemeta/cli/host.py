@@ -64,8 +64,9 @@ def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query:
                       holdout_groups=tuple(g for g in holdout.split(",") if g), rotations=rotations)
     result, paths = train_run(split, config, out_dir, resume=resume)
     last = result.history[-1] if result.history else {}
+    val = result.extra.get("val_episode", {"way": config.val_way, "shot": config.val_shot})
     click.echo(f"trained {result.episodes_done} episodes in {result.seconds:.1f} s; "
-               f"val {config.val_way}-way {config.val_shot}-shot "
+               f"val {val['way']}-way {val['shot']}-shot "
                f"{last.get('val_acc', float('nan')):.3f}")
     click.echo(f"wrote {paths['model']} and {paths['plot']}")
 

@@ -4,7 +4,7 @@ Host-side, numpy and Pillow only (no TensorFlow), so it can be imported anywhere
 """
 
 from edgemeta.data.dataset import ImageClassDataset
-from edgemeta.data.episodes import Episode, EpisodeSampler, episode_labels
+from edgemeta.data.episodes import Episode, EpisodeSampler, episode_labels, fit_episode_size
 from edgemeta.data.omniglot import (
     IMAGE_SUFFIXES,
     load_dataset_folder,
@@ -19,6 +19,7 @@ __all__ = [
     "EpisodeSampler",
     "ImageClassDataset",
     "episode_labels",
+    "fit_episode_size",
     "load_dataset_folder",
     "load_image_folder",
     "load_omniglot",

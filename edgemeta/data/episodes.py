@@ -15,7 +15,7 @@ import numpy as np
 from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.errors import DataError
 
-__all__ = ["Episode", "EpisodeSampler", "episode_labels"]
+__all__ = ["Episode", "EpisodeSampler", "episode_labels", "fit_episode_size"]
 
 # Above this many random keys per episode, sample class by class instead (see _draw_examples).
 _VECTORISED_MAX_KEYS = 1 << 16
@@ -53,6 +53,33 @@ def episode_labels(episode: Episode) -> tuple[np.ndarray, np.ndarray]:
         np.broadcast_to(rows, episode.support.shape).copy(),
         np.broadcast_to(rows, episode.query.shape).copy(),
     )
+
+
+def fit_episode_size(dataset: ImageClassDataset, n_way: int, k_shot: int,
+                     n_query: int) -> tuple[int, int, int]:
+    """The largest episode no larger than asked that every class of ``dataset`` can fill.
+
+    For validation and reports on a user's own (often small) unseen classes: queries shrink
+    first, then the way; the shot, which is what gets measured, never does.
+
+    Args:
+        dataset: The classes the episodes are drawn from.
+        n_way, k_shot, n_query: The episode asked for.
+
+    Returns:
+        ``(n_way, k_shot, n_query)``, each at most what was asked.
+
+    Raises:
+        DataError: Fewer than 2 classes, or a class without ``k_shot + 1`` examples.
+    """
+    counts = dataset.class_counts()
+    way = min(n_way, dataset.num_classes)
+    query = min(n_query, int(counts.min()) - k_shot) if counts.size else 0
+    if way < 2 or query < 1:
+        raise DataError(f"{dataset.name!r} has {dataset.num_classes} classes with at least "
+                        f"{int(counts.min()) if counts.size else 0} examples each; {k_shot}-shot "
+                        f"episodes need at least 2 classes with {k_shot + 1} examples each")
+    return way, k_shot, query
 
 
 def _positive(value: object, what: str, minimum: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgemeta._deps import require
 from edgemeta.bundle.manifest import Preprocessing
-from edgemeta.data import EpisodeSampler, ImageClassDataset
+from edgemeta.data import EpisodeSampler, ImageClassDataset, fit_episode_size
 from edgemeta.errors import ConfigError, DataError
 from edgemeta.meta.adapt import recalibrate_batch_norm
 from edgemeta.meta.augment import augment_images
@@ -144,17 +144,22 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     step = make_step(learner, optimizer, config, strategy, generator=generator)
     sampler = EpisodeSampler(train, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     val_episodes = None
+    extra: dict[str, Any] = {}
     if val is not None and val_x is not None:
         try:
-            val_sampler = EpisodeSampler(val, config.val_way, config.val_shot, 5,
-                                         seed=config.seed + 1, within_group=config.val_within_group)
+            # A user's own unseen classes may be few and small: validate on what fits.
+            val_way, val_shot, val_query = fit_episode_size(val, config.val_way,
+                                                            config.val_shot, 5)
+            val_sampler = EpisodeSampler(val, val_way, val_shot, val_query, seed=config.seed + 1,
+                                         within_group=config.val_within_group)
         except DataError as exc:
             # The user chose way/shot/query for training; say which other episodes failed.
             raise DataError(
-                f"validation on the {val.num_classes} unseen classes needs {config.val_way}-way "
-                f"{config.val_shot}-shot episodes with 5 queries per class: {exc}; hold out more "
+                f"validation on the {val.num_classes} unseen classes needs {config.val_shot}-shot "
+                f"episodes of at least 2 classes and 1 query per class: {exc}; hold out more "
                 "classes (--test-fraction, --holdout) or add images") from exc
         val_episodes = val_sampler.take(config.val_episodes)
+        extra["val_episode"] = {"way": val_way, "shot": val_shot, "query": val_query}
     history: list[dict[str, float]] = []
     start_episode, elapsed_before = 0, 0.0
     ckpt = checkpoint_dir / "checkpoint.npz" if checkpoint_dir else None
@@ -230,7 +235,7 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     rng = np.random.default_rng(config.seed)
     recalibrate_batch_norm(model, train_x[rng.choice(len(train_x), min(2000, len(train_x)),
                                                      replace=False)])
-    return TrainResult(model, config, history, time.perf_counter() - started, episode)
+    return TrainResult(model, config, history, time.perf_counter() - started, episode, extra)
 
 
 def save_training(result: TrainResult, out_dir: str | Path) -> dict[str, Path]:

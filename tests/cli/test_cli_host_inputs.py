@@ -110,12 +110,28 @@ def test_train_and_adapt_on_image_folders_of_mixed_sizes(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_small_unseen_classes_validate_and_report_on_what_fits(tmp_path):
+    """3 images per class: validation and the int8 report use 1-shot 2-query episodes of the
+    unseen classes there are, instead of refusing the data."""
+    data = make_glyph_dataset(n_classes=10, per_class=3, size=28, seed=4)
+    folder = write_image_folder(data, tmp_path / "few")
+    r = CliRunner().invoke(cli, ["train", "--data", str(folder), "--out", str(tmp_path / "o"),
+                                 "--test-fraction", "0.3", *TINY])
+    assert r.exit_code == 0, r.output
+    assert "val 3-way 1-shot" in r.output
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "o"), "--out",
+                                 str(tmp_path / "m.edgemeta"), "--eval-episodes", "2"])
+    assert r.exit_code == 0, r.output
+    assert "3-way 1-shot on unseen classes" in r.output
+
+
 def test_too_few_unseen_classes_for_validation_says_so(tmp_path):
     data = make_glyph_dataset(n_classes=8, per_class=3, size=28, seed=4)
     folder = write_image_folder(data, tmp_path / "few")
     r = CliRunner().invoke(cli, ["train", "--data", str(folder), "--out", str(tmp_path / "o"),
-                                 *TINY])
+                                 "--test-fraction", "0.1", *TINY])
     one_error_line(r, "validation", "--test-fraction")
+    assert not (tmp_path / "o").exists()
 
 
 def test_convert_rejects_unknown_board_and_huge_shift_before_writing(run_dir, tmp_path):

@@ -134,3 +134,15 @@ def test_sampling_is_fast() -> None:
     sampler.take(500)
     per_episode = (time.perf_counter() - start) / 500
     assert per_episode < 1e-3, f"{per_episode * 1e6:.0f} us per 60-way 5-shot episode"
+
+
+def test_fit_episode_size_shrinks_queries_then_way_never_the_shot():
+    from edgemeta.data import fit_episode_size, make_glyph_dataset
+
+    data = make_glyph_dataset(n_classes=3, per_class=4, seed=1)
+    assert fit_episode_size(data, 5, 1, 5) == (3, 1, 3)
+    assert fit_episode_size(data, 2, 2, 1) == (2, 2, 1)  # what fits is left alone
+    with pytest.raises(DataError, match="4-shot"):
+        fit_episode_size(data.subset_classes([0, 1]), 5, 4, 5)  # 4 images: no query left
+    with pytest.raises(DataError, match="at least 2 classes"):
+        fit_episode_size(data.subset_classes([0]), 5, 1, 5)
