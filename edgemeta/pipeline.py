@@ -6,6 +6,7 @@ Host only (needs ``edgemeta[host]``). Each step is one call into the stage packa
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -115,6 +116,19 @@ def split_source(split: DataSplit, mixed_size: tuple[int, int] | None = None
     return (train.with_rotations() if split.rotations else train), test
 
 
+def _check_creatable_dir(path: Path) -> None:
+    """Raise ConfigError unless ``path`` is, or can be created as, a writable folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {path}: {existing} is a file; expected a folder there (or a "
+                          "path that can be created as one)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: {existing} is not writable by this user; expected a "
+                          "folder this user may write to")
+
+
 def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
               preprocessing: Preprocessing = Preprocessing(), progress: bool = True,
               resume: bool = False, strategy: Any | None = None
@@ -124,9 +138,11 @@ def train_run(split: DataSplit, config: TrainConfig, out_dir: str | Path,
     ``out_dir`` also receives ``checkpoint.npz`` (``resume=True`` continues from it),
     ``train_log.jsonl`` and ``training.png``.
     """
-    # Validate the data before creating anything (train_meta creates out_dir once it starts).
-    train, test = split_source(split, preprocessing.size)
+    # Validate the data and the output folder before creating anything (train_meta creates
+    # out_dir once it starts): a long run must not fail at its first log line.
     out = Path(out_dir)
+    _check_creatable_dir(out)
+    train, test = split_source(split, preprocessing.size)
     train_x = preprocess_dataset(train, preprocessing)
     test_x = preprocess_dataset(test, preprocessing)
     result = train_meta(train_x, train, config, val_x=test_x, val=test, progress=progress,

@@ -44,9 +44,17 @@ def _runtime_check(board: BoardProfile, python: tuple[int, int]) -> Check:
         why = (f"{board.runtime} has wheels for CPython {wheels.python_range} only, but "
                f"{board.name} runs Python {py}")
     others = [w.package for w in matrix.values() if w.has_wheel(board.arch, python)]
-    hint = (f"; {' or '.join(others)} would install there" if others else
-            f"; no known runtime has a wheel for {board.arch} / CPython {py}, so use an OS with "
-            "Python 3.11 (Pi OS Bookworm) or a 64-bit OS")
+    if others:
+        hint = f"; {' or '.join(others)} would install there"
+    elif not any(board.arch in w.arches for w in matrix.values()):
+        # No Python or OS choice helps (an ARMv6 Pi Zero W cannot run a 64-bit OS at all).
+        hint = (f"; no known runtime publishes wheels for {board.arch} at all, so this board "
+                f"cannot pip-install one (known: {', '.join(matrix)})")
+    else:
+        # Only a 32-bit userland on 64-bit-capable hardware gains from switching to a 64-bit OS.
+        os_hint = " or a 64-bit OS" if board.arch == "armv7l" else ""
+        hint = (f"; no known runtime has a wheel for {board.arch} / CPython {py}, so use an OS "
+                f"with Python 3.11 (Pi OS Bookworm){os_hint}")
     return Check("runtime", False, why + hint)
 
 

@@ -26,7 +26,9 @@ except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
         _toml = None  # type: ignore[assignment]
 
 BOARDS_DIR_ENV = "EDGEMETA_BOARDS_DIR"
-ARCHES = ("aarch64", "armv7l", "x86_64")
+# Userland architectures as platform.machine() reports them: 64-bit Pi OS, 32-bit Pi OS on a
+# Pi 2/3/4/Zero 2, 32-bit Pi OS on a Pi 1/Zero/Zero W (ARMv6), and the workstation.
+ARCHES = ("aarch64", "armv7l", "armv6l", "x86_64")
 KINDS = ("linux", "mcu")
 MCU_ARCHES = ("armv7e-m", "armv8-m", "riscv32", "xtensa")
 MCU_RUNTIME = "tflite-micro"  # TensorFlow Lite for Microcontrollers, linked into the firmware
@@ -145,6 +147,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return _toml.load(fh)
     except _toml.TOMLDecodeError as exc:
         raise BoardError(f"board profile {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes before parsing: not a TOMLDecodeError
+        raise BoardError(f"board profile {path} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start}); expected a UTF-8 TOML file") from exc
     except OSError as exc:
         raise BoardError(f"cannot read board profile {path}: {exc}") from exc
 
@@ -320,10 +325,15 @@ def runtime_wheels() -> dict[str, RuntimeWheels]:
     out: dict[str, RuntimeWheels] = {}
     for package, entry in _read_toml(path).items():
         try:
+            if not isinstance(entry, dict):
+                raise TypeError(f"{entry!r} is not a table")
             lo, hi = entry["python"]
-            arches = tuple(entry["arches"])
+            arches = entry["arches"]
+            # tuple("x86_64") would be its letters: a string here is a typo for a list.
+            if not isinstance(arches, list) or not all(isinstance(a, str) for a in arches):
+                raise TypeError(f"arches = {arches!r} is not a list of strings")
             out[package] = RuntimeWheels(
-                package=package, import_name=str(entry["import_name"]), arches=arches,
+                package=package, import_name=str(entry["import_name"]), arches=tuple(arches),
                 python_min=_parse_python(lo, f"{path} [{package}] python"),
                 python_max=_parse_python(hi, f"{path} [{package}] python"),
                 notes=str(entry.get("notes", "")),
@@ -331,6 +341,14 @@ def runtime_wheels() -> dict[str, RuntimeWheels]:
         except (KeyError, TypeError, ValueError) as exc:
             raise BoardError(f"{path}: entry [{package}] is malformed ({exc!r}); expected "
                              "import_name, arches = [...] and python = [\"3.x\", \"3.y\"]") from exc
+        wheels = out[package]
+        unknown = [a for a in wheels.arches if a not in ARCHES]
+        if unknown:
+            raise BoardError(f"{path}: entry [{package}] has unknown arches {unknown}; expected "
+                             f"names from {', '.join(ARCHES)} (as platform.machine() reports them)")
+        if wheels.python_min > wheels.python_max:
+            raise BoardError(f"{path}: entry [{package}] python = [{lo!r}, {hi!r}]; expected "
+                             "[oldest, newest]")
     return out
 
 

@@ -9,6 +9,9 @@ import click
 
 from edgemeta.cli._base import cli
 
+# A period of 0 s would make the agent's loop end after one pass (or spin): strictly positive.
+_PERIOD = click.FloatRange(min=0, min_open=True)
+
 
 # ---------------------------------------------------------------- board side
 @cli.command()
@@ -53,10 +56,13 @@ def device() -> None:
                    "or mqtt://HOST without credentials (docs/telemetry.md, Security).")
 @click.option("--fleet", default="default", show_default=True)
 @click.option("--board", default=None, help="Board profile name, reported in the birth message.")
-@click.option("--interval", default=5.0, show_default=True, help="Telemetry period in seconds.")
-@click.option("--poll", default=1.0, show_default=True, help="Inbox poll period in seconds.")
+@click.option("--interval", type=_PERIOD, default=5.0, show_default=True,
+              help="Telemetry period in seconds.")
+@click.option("--poll", type=_PERIOD, default=1.0, show_default=True,
+              help="Inbox poll period in seconds.")
 @click.option("--once", is_flag=True, help="Process the inbox once, report, and exit.")
-@click.option("--duration", type=float, default=None, help="Exit after this many seconds.")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Exit after this many seconds.")
 @click.option("--log-file", default=None, type=click.Path(dir_okay=False),
               help="Rotating log file [default: HOME/agent.log]; '-' logs to stderr only.")
 @click.option("--log-max-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(1024),
@@ -80,6 +86,11 @@ def device_run(home: str, device_id: str, broker: str | None, fleet: str, board:
     from edgemeta.agent import DeviceAgent
     from edgemeta.agent.agent import configure_logging
 
+    if board is not None:
+        from edgemeta.boards import get_board, require_flashable
+
+        # The name goes into the retained birth the fleet sees: a typo must not get that far.
+        require_flashable(get_board(board))
     if log_file != "-":
         configure_logging(log_file or Path(home) / "agent.log", log_max_bytes, log_backups)
     agent = DeviceAgent(home, device_id, broker_url=broker, fleet=fleet, interval_s=interval,

@@ -38,6 +38,10 @@ def _flash_mqtt(bundle: str, url: str, board: str | None, *, device: str | None,
                 max_failures: int, parallel: int, timeout: float,
                 allow_downgrade: bool = False) -> None:
     """``flash --to mqtt://...``: one device (--device) or a canary-first roll-out (--fleet)."""
+    if url.lower().startswith(("mqtt:", "mqtts:")) \
+            and not url.lower().startswith(("mqtt://", "mqtts://")):
+        raise click.UsageError(f"--to {url}: expected mqtt://BROKER[:PORT] or "
+                               "mqtts://BROKER[:PORT] (with the two slashes)")
     if not url.lower().startswith(("mqtt://", "mqtts://")):
         raise click.UsageError("--device, --fleet-name and --fleet apply only to mqtt:// and "
                                "mqtts:// targets")
@@ -164,6 +168,9 @@ def flash(bundle: str, url: str, board: str | None, allow_downgrade: bool,
     """Install a bundle on a board: verified, switched atomically, previous version kept."""
     if url.lower().startswith(("mqtt:", "mqtts:")) or ota["device"] or ota["fleet_pattern"] \
             or ota["fleet_name"]:
+        if ssh_config or ssh_options or remote_python:  # silently dropped otherwise
+            raise click.UsageError("--ssh-config, --ssh-option and --remote-python apply only to "
+                                   "ssh:// targets")
         return _flash_mqtt(bundle, url, board, allow_downgrade=allow_downgrade, **ota)
     if board is not None:  # a microcontroller gets the model via 'edgemeta export c' instead
         from edgemeta.boards import get_board, require_flashable
@@ -192,6 +199,10 @@ def rollback(url: str, ssh_config: str | None, ssh_options: tuple[str, ...],
     from firmware_bridge import DirTransport
     from firmware_bridge import rollback as do_rollback
 
+    if url.lower().startswith(("mqtt:", "mqtts:")):  # the device's agent does it on command
+        raise click.UsageError(f"{url}: rollback over MQTT is a command to the device's agent: "
+                               "edgemeta fleet cmd --broker BROKER --fleet FLEET --device ID "
+                               "rollback")
     target = _target(url, ssh_config, ssh_options, remote_python)
     if isinstance(target, DirTransport):
         version = do_rollback(target.home)

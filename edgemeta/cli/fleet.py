@@ -83,7 +83,8 @@ def _fleet_glob(pattern: str) -> str | None:
               default="device", show_default=True)
 @click.option("--filter", "filter_", default=None,
               help="Shell pattern on FLEET/DEVICE or the device id, e.g. 'pi-0*'.")
-@click.option("--limit", type=int, default=None, help="Show at most this many rows.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Show at most this many rows.")
 @click.option("--share-group", default=None,
               help="Join this MQTT shared-subscription group (several monitors split the load).")
 @click.option("--refresh", default=1.0, show_default=True)

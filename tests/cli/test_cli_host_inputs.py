@@ -152,3 +152,14 @@ def test_convert_a_run_with_a_damaged_model(run_copy, tmp_path):
     (run_copy / "model.keras").write_bytes(b"not a keras archive")
     r = CliRunner().invoke(cli, ["convert", str(run_copy), "--out", str(tmp_path / "m.edgemeta")])
     one_error_line(r, "model.keras")
+
+
+def test_train_into_a_folder_it_cannot_create_is_one_line(tmp_path):
+    """An OSError from a host command (here: --out under a file) is one line, like the board
+    commands', not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = CliRunner().invoke(cli, ["train", "--data", "synthetic:20", "--out",
+                                 str(blocker / "run"), *TINY])
+    one_error_line(r, str(blocker), "expected a folder there")
+    assert "meta-train" not in r.output  # refused before training, not after it
