@@ -229,10 +229,15 @@ def export_group() -> None:
                    "within 2 LSB (needs tflite-micro: pip install 'edgemeta[mcu]').")
 def export_c_cmd(bundle: str, out_dir: str, name: str, verify: bool) -> None:
     """Write the model as C source for TensorFlow Lite for Microcontrollers (ESP32, nRF52, ...)."""
+    from edgemeta.errors import MissingDependencyError
     from firmware_bridge.mcu import export_c, verify_c_export
 
     # Verifying needs tflite-micro anyway, so then also measure the arena rather than estimate it.
-    e = export_c(bundle, out_dir, name=name, arena="measure" if verify else "auto")
+    try:
+        e = export_c(bundle, out_dir, name=name, arena="measure" if verify else "auto")
+    except MissingDependencyError as exc:  # tflite-micro: Linux x86_64 wheels only
+        raise MissingDependencyError(f"{exc}; or pass --no-verify to export with an estimated "
+                                     "arena and no check") from exc
     click.echo(f"wrote {e.header} and {e.source} ({e.version}, sha256 {e.sha256[:12]}...)")
     click.echo(f"ops ({len(e.ops)}): {', '.join(e.ops)}")
     click.echo(f"tensor arena: {e.arena.describe()}")

@@ -183,3 +183,21 @@ def test_flash_to_mqtt_without_slashes_names_the_url_form(runner, fake_bundle):
                             "--device", "pi-01"])
     assert r.exit_code == 2, r.output
     assert "mqtt://BROKER" in r.output and "apply only to" not in r.output
+
+
+def test_export_c_without_tflite_micro_suggests_no_verify(tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from edgemeta.cli import cli
+
+    bundle = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)  # as on a Mac or an arm64 host
+    r = CliRunner().invoke(cli, ["export", "c", str(bundle), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "edgemeta[mcu]" in r.output and "--no-verify" in r.output
+    r = CliRunner().invoke(cli, ["export", "c", str(bundle), "--out", str(tmp_path / "c"),
+                                 "--no-verify"])
+    assert r.exit_code == 0, r.output
+    assert "estimated" in r.output
