@@ -105,14 +105,16 @@ def boards_cmd() -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--board", required=True, help="Board profile name (see 'edgemeta boards').")
-def check(bundle: str, board: str) -> None:
+@click.option("--python", "python_version", default=None, metavar="X.Y",
+              help="The board's Python, if not the profile's (e.g. 3.13 after an OS upgrade).")
+def check(bundle: str, board: str, python_version: str | None) -> None:
     """Say whether, and why, a bundle fits a board. Exit status 1 if it does not."""
     from edgemeta.boards import check_bundle, get_board
     from edgemeta.bundle import read_bundle
 
     loaded = read_bundle(bundle)
     # The model bytes let a microcontroller check measure the tensor arena (ignored otherwise).
-    result = check_bundle(loaded.manifest, get_board(board), model=loaded.model)
+    result = check_bundle(loaded.manifest, get_board(board), python_version, model=loaded.model)
     for c in result.checks:
         click.echo(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
     click.echo(result.summary())

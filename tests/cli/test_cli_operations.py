@@ -201,3 +201,19 @@ def test_export_c_without_tflite_micro_suggests_no_verify(tmp_path, monkeypatch)
                                  "--no-verify"])
     assert r.exit_code == 0, r.output
     assert "estimated" in r.output
+
+
+def test_check_takes_the_boards_real_python():
+    from click.testing import CliRunner
+
+    from edgemeta.cli import cli
+
+    bundle = str(Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta")
+    ok = CliRunner().invoke(cli, ["check", bundle, "--board", "rpi-3bplus-32bit"])
+    assert ok.exit_code == 0, ok.output
+    # Same board after an OS upgrade to Python 3.13: tflite-runtime has no wheel there.
+    r = CliRunner().invoke(cli, ["check", bundle, "--board", "rpi-3bplus-32bit",
+                                 "--python", "3.13"])
+    assert r.exit_code == 1 and "[FAIL] runtime" in r.output and "3.13" in r.output
+    r = CliRunner().invoke(cli, ["check", bundle, "--board", "rpi-4b", "--python", "3.x"])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "3.11" in r.output
