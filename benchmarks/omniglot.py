@@ -25,7 +25,8 @@ import numpy as np
 
 from edgemeta.bundle import Bundle, Preprocessing, Provenance, pack_bundle
 from edgemeta.data import EpisodeSampler, load_omniglot
-from edgemeta.meta import TrainConfig, TrainResult, preprocess_dataset, save_training, train_meta
+from edgemeta.meta import (UNLIMITED_EPISODES, TrainConfig, TrainResult, preprocess_dataset,
+                           save_training, train_meta)
 from edgemeta.meta.plot import plot_history
 from edgemeta.quantize import compare_float_int8, convert_int8, make_manifest, representative_sample
 
@@ -76,7 +77,7 @@ def main() -> None:
     config = TrainConfig(
         algorithm=args.algorithm, n_way=args.way, k_shot=args.shot, n_query=args.query,
         meta_batch=args.meta_batch, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-        episodes=10**7, time_budget_s=args.minutes * 60, learning_rate=args.lr,
+        episodes=UNLIMITED_EPISODES, time_budget_s=args.minutes * 60, learning_rate=args.lr,
         filters=args.filters, normalize=args.normalize, augment=args.augment, seed=args.seed,
         val_every=500, val_way=20, val_shot=1, val_episodes=200,
         val_within_group=True, checkpoint_every=1000)

@@ -25,8 +25,10 @@ from edgemeta.cli._base import cli
 @click.option("--inner-steps", default=5, show_default=True, help="MAML family and Reptile.")
 @click.option("--inner-lr", type=float, default=None,
               help="MAML family and Reptile [default: 0.4; 0.1 for reptile].")
-@click.option("--episodes", default=400, show_default=True, help="Optimisation steps.")
-@click.option("--minutes", type=float, default=None, help="Time budget; stops early when spent.")
+@click.option("--episodes", type=int, default=None,
+              help="Optimisation steps [default: 400; no limit when --minutes is given].")
+@click.option("--minutes", type=float, default=None,
+              help="Time budget; the run stops when it is spent (or at --episodes, if given).")
 @click.option("--filters", default=64, show_default=True, help="Conv-4 width (= embedding size).")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--augment/--no-augment", default=False, show_default=True,
@@ -43,17 +45,20 @@ from edgemeta.cli._base import cli
 @click.option("--checkpoint-every", default=0, show_default=True, help="Episodes; 0: at the end.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 def train(source: str, out_dir: str, algorithm: str, way: int, shot: int, query: int,
-          meta_batch: int, inner_steps: int, inner_lr: float | None, episodes: int,
+          meta_batch: int, inner_steps: int, inner_lr: float | None, episodes: int | None,
           minutes: float | None, filters: int, lr: float, augment: bool, normalize: bool,
           rotations: bool, holdout: str, seed: int, test_fraction: float,
           checkpoint_every: int, resume: bool) -> None:
     """Meta-train a Conv-4 embedding network on N-way K-shot episodes."""
     from edgemeta.errors import ConfigError
-    from edgemeta.meta import TrainConfig
+    from edgemeta.meta import UNLIMITED_EPISODES, TrainConfig
     from edgemeta.pipeline import DataSplit, train_run
 
     if minutes is not None and not minutes > 0:  # 0 must not silently mean "no budget"
         raise ConfigError(f"--minutes must be a positive time budget, got {minutes}")
+    if episodes is None:
+        # "--minutes 15" means a 15-minute run, not 400 steps that end after three of them.
+        episodes = UNLIMITED_EPISODES if minutes is not None else 400
     config = TrainConfig(algorithm=algorithm, n_way=way, k_shot=shot, n_query=query,
                          meta_batch=meta_batch, inner_steps=inner_steps, inner_lr=inner_lr,
                          episodes=episodes,

@@ -1,7 +1,7 @@
 """Backbones and meta-learners (host only: needs ``edgemeta[host]``)."""
 
 from edgemeta.meta.backbones import conv4
-from edgemeta.meta.config import ALGORITHMS, TrainConfig
+from edgemeta.meta.config import ALGORITHMS, UNLIMITED_EPISODES, TrainConfig
 from edgemeta.meta.evaluate import Accuracy, embed_float, episode_accuracies, summarize
 from edgemeta.meta.learners import MetaLearner, ProtoNetLearner, make_learner, register_learner
 from edgemeta.meta.protonet import prototypical_logits, prototypical_loss
@@ -21,6 +21,7 @@ __all__ = [
     "ProtoNetLearner",
     "TrainConfig",
     "TrainResult",
+    "UNLIMITED_EPISODES",
     "conv4",
     "embed_float",
     "episode_accuracies",

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from edgemeta.errors import ConfigError
 
-__all__ = ["ALGORITHMS", "TrainConfig"]
+__all__ = ["ALGORITHMS", "UNLIMITED_EPISODES", "TrainConfig"]
 
 ALGORITHMS = ("protonet", "maml", "fomaml", "reptile")
+
+# The episode limit of a run that only a time budget ends (no run gets near it).
+UNLIMITED_EPISODES = 10**7
 
 
 @dataclass(frozen=True)

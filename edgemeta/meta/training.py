@@ -21,7 +21,7 @@ from edgemeta.meta.adapt import recalibrate_batch_norm
 from edgemeta.meta.augment import augment_images
 from edgemeta.meta.backbones import conv4
 from edgemeta.meta.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
-from edgemeta.meta.config import ALGORITHMS, TrainConfig
+from edgemeta.meta.config import ALGORITHMS, UNLIMITED_EPISODES, TrainConfig
 from edgemeta.meta.evaluate import embed_float, episode_accuracies, summarize
 from edgemeta.meta.learners import make_learner
 from edgemeta.runtime.preprocess import preprocess_batch
@@ -181,7 +181,8 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     started = time.perf_counter() - elapsed_before
     bar = tqdm(range(start_episode + 1, config.episodes + 1), desc=f"meta-train {config.algorithm}",
                unit="step", disable=not progress, dynamic_ncols=True, initial=start_episode,
-               total=config.episodes)
+               # A run that only its time budget ends has no meaningful step total.
+               total=None if config.episodes >= UNLIMITED_EPISODES else config.episodes)
     if log_path:
         # Created only now: a run refused above (bad data, nothing to resume) leaves no folder.
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -163,3 +163,22 @@ def test_train_into_a_folder_it_cannot_create_is_one_line(tmp_path):
                                  str(blocker / "run"), *TINY])
     one_error_line(r, str(blocker), "expected a folder there")
     assert "meta-train" not in r.output  # refused before training, not after it
+
+
+def test_minutes_alone_is_a_time_budget_not_400_steps(tmp_path):
+    import json
+
+    from edgemeta.meta import UNLIMITED_EPISODES
+
+    small = [a for a in TINY if a not in ("--episodes", "2")]
+    r = CliRunner().invoke(cli, ["train", "--data", "synthetic:20", "--out", str(tmp_path / "a"),
+                                 "--minutes", "0.01", *small])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "a" / "train_config.json").read_text())
+    assert config["episodes"] == UNLIMITED_EPISODES and config["time_budget_s"] == 0.6
+    r = CliRunner().invoke(cli, ["train", "--data", "synthetic:20", "--out", str(tmp_path / "b"),
+                                 "--minutes", "5", "--episodes", "3", *small])
+    assert r.exit_code == 0, r.output
+    assert "trained 3 episodes" in r.output  # both given: whichever comes first
+    config = json.loads((tmp_path / "b" / "train_config.json").read_text())
+    assert config["episodes"] == 3
