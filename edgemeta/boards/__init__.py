@@ -96,9 +96,20 @@ def check_bundle(manifest: Manifest, board: BoardProfile,
     Raises:
         BoardError: ``python_version`` is not a version like ``"3.11"``.
     """
+    # A bundle built for named boards is refused by any other at install time: say so here too.
+    target = [] if not manifest.boards else [_target_check(manifest, board)]
     if board.is_mcu:
-        checks = mcu_checks(manifest, board, model)
+        checks = target + mcu_checks(manifest, board, model)
         return Compatibility(fits=all(c.ok for c in checks), checks=tuple(checks),
                              board=board.name, flashable=False)
-    checks = linux_checks(manifest, board, python_version)
+    checks = target + linux_checks(manifest, board, python_version)
     return Compatibility(fits=all(c.ok for c in checks), checks=tuple(checks), board=board.name)
+
+
+def _target_check(manifest: Manifest, board: BoardProfile) -> Check:
+    built_for = ", ".join(manifest.boards)
+    if board.name in manifest.boards:
+        return Check("boards", True, f"the bundle is built for {built_for}")
+    return Check("boards", False, f"the bundle is built for {built_for}, not for {board.name}: "
+                                  "its install would be refused; convert again with "
+                                  f"--board {board.name}")

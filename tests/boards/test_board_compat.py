@@ -119,3 +119,16 @@ def test_results_are_frozen(conv4_manifest):
         compat.fits = False  # type: ignore[misc]
     with pytest.raises(AttributeError):
         get_board("rpi-4b").ram_mb = 1  # type: ignore[misc]
+
+
+def test_bundle_built_for_other_boards_does_not_fit(conv4_manifest):
+    """check must agree with the install, which refuses a bundle built for other boards."""
+    from dataclasses import replace
+
+    for_pi5 = replace(conv4_manifest(), boards=("rpi-5",))
+    no = check_bundle(for_pi5, get_board("rpi-zero-2w"))
+    assert not no.fits and [c.name for c in no.checks if not c.ok] == ["boards"]
+    assert "--board rpi-zero-2w" in no.summary()
+    yes = check_bundle(for_pi5, get_board("rpi-5"))
+    assert yes.fits and yes.checks[0].name == "boards"
+    assert "boards" not in [c.name for c in check_bundle(conv4_manifest(), get_board("rpi-5")).checks]
