@@ -22,7 +22,7 @@ from edgemeta.errors import BundleError, FlashError, InstallError
 try:  # advisory locking so two installs into one home cannot interleave; POSIX only
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # a module or None, by platform
 
 log = logging.getLogger("firmware_bridge.install")
 

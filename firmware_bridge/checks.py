@@ -96,8 +96,9 @@ def check_space(home: BoardHome, needed: int, current: str | None) -> None:
 
 def is_disk_full(exc: BaseException) -> bool:
     """True if ``exc`` (or its cause) is a no-space or quota error."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        cur = cur.__cause__ or cur.__context__
     return False

@@ -275,11 +275,12 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
             report = _health(bundle, backend) if health_check else None
             migration = migrate_state(home, current, bundle,
                                       lambda: Embedder(bundle, backend=backend))
-            switching = current is not None and current != version
-            if switching:
+            # The version being replaced, if any (None: first install, or a repair).
+            replaced = current if current != version else None
+            if replaced is not None:
                 # Recorded before the switch: a kill right after it must not leave `previous`
                 # naming the version before the one just replaced.
-                write_previous(home, current)
+                write_previous(home, replaced)
             home.set_current(version)
         except BaseException as exc:
             if not same:
@@ -298,7 +299,7 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
             raise InstallError(f"installing {version} into {home.root} failed: {exc}; {kept} "
                                "and the partial copy was removed", "io") from exc
         # First install, or repair of the current one: the recorded previous version stands.
-        previous = current if switching else recorded
+        previous = replaced if replaced is not None else recorded
         pruned = prune(home, keep, {version, previous})
         return InstallResult(version, previous, target, True, pruned, trust, report, migration)
 

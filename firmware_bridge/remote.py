@@ -155,7 +155,10 @@ def _install(args: argparse.Namespace) -> dict[str, Any]:
     # What the board checked, for the host to show; getattr: older installers lack these fields.
     for name in ("trust", "health", "migration"):
         value = getattr(result, name, None)
-        reply[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            reply[name] = dataclasses.asdict(value)
+        else:
+            reply[name] = value
     return reply
 
 

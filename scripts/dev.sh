@@ -59,7 +59,7 @@ tstamp=.venv-tflite/.edgemeta-installed
 if [ ! -f "$tstamp" ] || [ pyproject.toml -nt "$tstamp" ]; then
   echo "== .venv-tflite: tflite-runtime 2.14 + numpy<2 + edgemeta (board side only)"
   "$PY" -m venv .venv-tflite
-  .venv-tflite/bin/python -m pip install -q "tflite-runtime==2.14.0" "numpy<2" "pillow>=9.0" \
+  .venv-tflite/bin/python -m pip install -q "tflite-runtime==2.14.0" "numpy<2" "pillow>=9.1" \
     "click>=8.1" "paho-mqtt>=2.1,<3" "psutil>=5.9" "rich>=13.0" "cryptography>=42"
   .venv-tflite/bin/python -m pip install -q --no-deps -e .
   touch "$tstamp"

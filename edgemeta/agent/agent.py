@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict
 
 from edgemeta.bundle import BoardHome
 from edgemeta.errors import EdgemetaError
@@ -29,7 +29,9 @@ from firmware_bridge.boot import start_classifier
 from edgemeta.runtime.preprocess import IMAGE_SUFFIXES, to_uint8_image
 
 if TYPE_CHECKING:
-    from edgemeta.fleet import DeviceStatus
+    from edgemeta.fleet import DeviceReporter, DeviceStatus
+    from firmware_bridge.install import InstallResult
+    from firmware_bridge.ota import BoardOta
 
 __all__ = ["DeviceAgent", "InboxReport", "IMAGE_SUFFIXES", "configure_logging"]
 
@@ -79,6 +81,15 @@ def configure_logging(path: str | os.PathLike[str], max_bytes: int = LOG_MAX_BYT
     return handler
 
 
+class _ReporterArgs(TypedDict):
+    broker_url: str | None
+    device_id: str
+    fleet: str
+    interval_s: float
+    board: str | None
+    spool_max_bytes: int | None
+
+
 @dataclass(frozen=True)
 class InboxReport:
     enrolled: dict[str, int]
@@ -111,7 +122,7 @@ class DeviceAgent:
             log.error("%s", started.rolled_back)
         self._backend, self._num_threads = backend, num_threads
         self._ota_enabled = ota  # accept over-the-air updates when a broker is given
-        self.ota = None  # the BoardOta, started with the reporter
+        self.ota: BoardOta | None = None  # started with the reporter
         self.latency = LatencyWindow()
         self.accuracy = AccuracyCounter()
         self._stop = threading.Event()
@@ -123,21 +134,21 @@ class DeviceAgent:
         self._status_snapshot = self.status()
         # Remote commands (`edgemeta fleet cmd`) take the same lock as the inbox loop.
         self.commands = CommandHandler(self, self._lock, backend=backend, num_threads=num_threads)
-        self.reporter = None
-        self._reporter_args = dict(broker_url=broker_url, device_id=device_id, fleet=fleet,
-                                   interval_s=interval_s, board=board,
-                                   spool_max_bytes=spool_max_bytes)
+        self.reporter: DeviceReporter | None = None
+        self._reporter_args = _ReporterArgs(broker_url=broker_url, device_id=device_id,
+                                            fleet=fleet, interval_s=interval_s, board=board,
+                                            spool_max_bytes=spool_max_bytes)
         if broker_url:
-            self.reporter = self._new_reporter()
+            self.reporter = self._new_reporter(broker_url)
 
-    def _new_reporter(self):
+    def _new_reporter(self, broker_url: str) -> DeviceReporter:
         from edgemeta.fleet import DeviceReporter
 
         from edgemeta.fleet.spool import DEFAULT_MAX_BYTES
 
         a = self._reporter_args
         # Telemetry waits in HOME/spool while the broker is away and is replayed afterwards.
-        return DeviceReporter(a["broker_url"], a["device_id"], fleet=a["fleet"],
+        return DeviceReporter(broker_url, a["device_id"], fleet=a["fleet"],
                               interval_s=a["interval_s"], status=self.status, board=a["board"],
                               backend=self.classifier.backend, command_handler=self.commands,
                               spool=self.home.root / "spool",
@@ -189,7 +200,7 @@ class DeviceAgent:
         shutil.move(str(path), target)
         return target
 
-    def _record(self, out, record: dict) -> None:
+    def _record(self, out: TextIO, record: dict[str, Any]) -> None:
         out.write(json.dumps(record) + "\n")
 
     def process_inbox(self) -> InboxReport:
@@ -213,7 +224,7 @@ class DeviceAgent:
             classified = 0
             if self.classifier.labels and not self._stop.is_set():
                 root = self.home.classify_inbox
-                jobs = [(p, None) for p in _images_in(root)]
+                jobs: list[tuple[Path, str | None]] = [(p, None) for p in _images_in(root)]
                 jobs += [(p, d.name) for d in sorted(x for x in root.glob("*") if x.is_dir())
                          for p in _images_in(d)]
                 for path, expected in jobs:
@@ -230,7 +241,7 @@ class DeviceAgent:
             os.fsync(out.fileno())
         return InboxReport(enrolled, classified, failed)
 
-    def _enroll_folder(self, label_dir: Path, out) -> tuple[int, int]:
+    def _enroll_folder(self, label_dir: Path, out: TextIO) -> tuple[int, int]:
         files = _images_in(label_dir)
         images, good, bad = [], [], 0
         for f in files:
@@ -314,7 +325,10 @@ class DeviceAgent:
         if self.ota is not None or not self._ota_enabled:
             return
         a = self._reporter_args
-        ota = BoardOta(a["broker_url"], self.home, self.device_id, a["fleet"],
+        broker_url = a["broker_url"]
+        if broker_url is None:  # only called once the reporter (which needs one) exists
+            raise FleetError("over-the-air updates need a broker URL")
+        ota = BoardOta(broker_url, self.home, self.device_id, a["fleet"],
                        on_installed=self._on_ota_installed, install=self._install_locked,
                        connect_timeout_s=OTA_CONNECT_TIMEOUT_S)
         try:
@@ -324,7 +338,7 @@ class DeviceAgent:
             return
         self.ota = ota
 
-    def _install_locked(self, path, home, **options):
+    def _install_locked(self, path: Path, home: BoardHome, **options: Any) -> InstallResult:
         """Install under the agent's lock and switch to the new model before releasing it.
 
         The inbox loop and remote commands take the same lock, so nothing is enrolled between
@@ -361,7 +375,7 @@ class DeviceAgent:
                     self.classifier.manifest.version)
         return True
 
-    def _on_ota_installed(self, result) -> None:
+    def _on_ota_installed(self, result: InstallResult) -> None:
         """After an over-the-air install (already running the new model): tell the fleet."""
         from edgemeta.errors import FleetError
 
@@ -376,6 +390,8 @@ class DeviceAgent:
     def _publish_birth_quietly(self) -> None:
         from edgemeta.errors import FleetError
 
+        if self.reporter is None:  # callers check first
+            raise FleetError("no reporter to publish the birth: expected a broker URL")
         try:
             self.reporter.publish_birth()
         except FleetError as exc:  # the next reconnect's birth carries it anyway

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -34,7 +34,7 @@ from edgemeta.runtime.prototypes import PrototypeStore
 if TYPE_CHECKING:
     from edgemeta.agent.stats import LatencyWindow
     from edgemeta.bundle import BoardHome
-    from edgemeta.fleet.schema import Command
+    from edgemeta.fleet.schema import Birth, Command, Telemetry
     from edgemeta.runtime.classifier import FewShotClassifier
 
 __all__ = [
@@ -80,13 +80,23 @@ ARGUMENTS: dict[str, dict[str, bool]] = {
 CommandResult = tuple[bool, dict[str, Any] | None, str | None]
 
 
+class Reporting(Protocol):
+    """What the handler needs from the agent's reporter (a :class:`DeviceReporter`)."""
+
+    def publish_now(self) -> Telemetry: ...
+
+    def publish_birth(self) -> Birth: ...
+
+
 class CommandTarget(Protocol):
     """What the handler needs from the agent (a :class:`~edgemeta.agent.DeviceAgent`)."""
 
     home: BoardHome
     classifier: FewShotClassifier
     latency: LatencyWindow
-    reporter: Any
+
+    @property
+    def reporter(self) -> Reporting | None: ...
 
 
 class _Refused(EdgemetaError):
@@ -244,10 +254,10 @@ class CommandHandler:
         command = getattr(cmd, "command", None)
         try:
             _check_size(cmd)
-            handler = self._handlers.get(command)  # type: ignore[arg-type]
-            if handler is None:
+            if not isinstance(command, str) or command not in self._handlers:
                 raise _Refused(f"unknown command {command!r}: expected one of "
                                f"{', '.join(ARGUMENTS)}")
+            handler = self._handlers[command]
             return True, handler(check_arguments(command, getattr(cmd, "args", None))), None
         except EdgemetaError as exc:
             log.warning("command %s (%s) refused: %s", getattr(cmd, "id", "?"), command, exc)
@@ -352,8 +362,8 @@ class CommandHandler:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _reporter(self) -> Any:
-        reporter = getattr(self._agent, "reporter", None)
+    def _reporter(self) -> Reporting:
+        reporter: Reporting | None = getattr(self._agent, "reporter", None)
         if reporter is None:
             raise _Refused("this agent has no reporter: expected a broker connection")
         return reporter
@@ -363,8 +373,10 @@ class CommandHandler:
         try:
             if self._on_model_changed is not None:
                 self._on_model_changed()
-            elif getattr(self._agent, "reporter", None) is not None:
-                self._agent.reporter.publish_birth()
+            else:
+                reporter: Reporting | None = getattr(self._agent, "reporter", None)
+                if reporter is not None:
+                    reporter.publish_birth()
         except FleetError as exc:  # the next reconnect's birth carries the version anyway
             log.warning("birth after the rollback not acknowledged: %s", exc)
 
@@ -383,7 +395,7 @@ class all_or_nothing:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
         if exc_type is not None:
             self._clf.store = self._saved
         return False

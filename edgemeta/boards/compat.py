@@ -45,8 +45,9 @@ class Compatibility:
 def _image_hw(manifest: Manifest) -> tuple[int, int]:
     shape = manifest.input.shape
     # NHWC with a dynamic batch; fall back to the preprocessing size if the shape is unusual.
-    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:3]):
-        return int(shape[1]), int(shape[2])
+    height, width = (shape[1], shape[2]) if len(shape) == 4 else (None, None)
+    if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+        return height, width
     return manifest.input.preprocessing.size
 
 

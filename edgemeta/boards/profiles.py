@@ -17,13 +17,12 @@ from typing import Any
 
 from edgemeta.errors import BoardError
 
-try:  # tomllib is stdlib from 3.11; the package still allows 3.10, where tomli is the same parser
+# tomllib is stdlib from 3.11; the package still allows 3.10, where tomli (a declared dependency
+# there) is the same parser.
+if sys.version_info >= (3, 11):
     import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        _toml = None  # type: ignore[assignment]
+else:  # pragma: no cover - only on Python 3.10
+    import tomli as _toml
 
 BOARDS_DIR_ENV = "EDGEMETA_BOARDS_DIR"
 # Userland architectures as platform.machine() reports them: 64-bit Pi OS, 32-bit Pi OS on a
@@ -139,9 +138,6 @@ def boards_dir() -> Path:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if _toml is None:  # pragma: no cover - only on Python 3.10 without tomli
-        raise BoardError(f"cannot read {path}: Python {sys.version_info[0]}.{sys.version_info[1]} has no tomllib; "
-                         "use Python >= 3.11 or pip install tomli")
     try:
         with open(path, "rb") as fh:
             return _toml.load(fh)
@@ -217,7 +213,7 @@ def _typed(path: Path, data: dict[str, Any], field: str, kind: type, what: str,
     # bool is an int subclass in Python, but `ram_mb = true` is a typo, not a size.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BoardError(f"board profile {path}: field '{field}' is {value!r}; expected {what}")
-    if kind is int and value < 1:
+    if isinstance(value, int) and kind is int and value < 1:
         raise BoardError(f"board profile {path}: field '{field}' is {value}; expected {what}")
     return value
 

@@ -53,8 +53,8 @@ def is_int(v: object) -> bool:
 
 
 def _as_float(v: object) -> float | None:
-    if is_int(v) or isinstance(v, float):
-        f = float(v)  # type: ignore[arg-type]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):  # is_int(v) or a float
+        f = float(v)
         return f if math.isfinite(f) else None
     return None
 
@@ -145,7 +145,7 @@ class Validated:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON object of this message, including the schema version."""
         out: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):  # type: ignore[arg-type]  # a mixin of dataclasses only
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

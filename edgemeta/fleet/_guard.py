@@ -12,18 +12,21 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 __all__ = ["guarded"]
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def guarded(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+
+def guarded(fn: Callable[P, R], what: str) -> Callable[P, R | None]:
     """``fn`` wrapped so that no ``Exception`` escapes; ``what`` names it in the log."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
         try:
             return fn(*args, **kwargs)
         except Exception:  # the network loop must outlive any bad message

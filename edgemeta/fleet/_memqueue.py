@@ -115,7 +115,7 @@ class MemoryQueue(_Bounded):
 
     def peek(self, limit: int) -> list[tuple[int, bytes]]:
         """Hand out up to ``limit`` of the oldest waiting records as ``(id, payload)``."""
-        out = []
+        out: list[tuple[int, bytes]] = []
         while len(out) < limit and self.waiting > 0:
             rec = self._live[self._inflight]
             self._inflight += 1

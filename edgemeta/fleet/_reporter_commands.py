@@ -19,7 +19,10 @@ from edgemeta.errors import MessageError
 from edgemeta.fleet.schema import Command, Reply as ReplyMessage, decode, validate_id
 
 if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
     from edgemeta.fleet._reporter_replay import Sender
+    from edgemeta.fleet.schema import Birth, Telemetry
 
 __all__ = ["CommandEvents", "CommandHandler", "CommandWorker", "command_id_of"]
 
@@ -33,7 +36,7 @@ MAX_PENDING = 16
 _STOP = object()
 
 
-def command_id_of(payload: bytes) -> str:
+def command_id_of(payload: bytes | bytearray) -> str:
     """The ``id`` of a command payload if it has a valid one, else ``"invalid"``."""
     try:
         obj = json.loads(bytes(payload).decode("utf-8"))
@@ -66,7 +69,7 @@ class CommandWorker:
             self._started = True
             self._thread.start()
 
-    def submit(self, payload: bytes) -> None:
+    def submit(self, payload: bytes | bytearray) -> None:
         """Queue a raw command payload; answers ``ok: false`` at once when the queue is full."""
         try:
             self._queue.put_nowait(bytes(payload))
@@ -97,7 +100,9 @@ class CommandWorker:
             if item is _STOP:
                 return
             try:
-                self.handle(item)  # type: ignore[arg-type]
+                if not isinstance(item, bytes):  # only submit() and stop() put items
+                    raise TypeError(f"queued {type(item).__name__}: expected a bytes payload")
+                self.handle(item)
             except Exception:  # noqa: BLE001 - the worker must outlive any one command
                 log.exception("command worker: unexpected error; going on with the next command")
 
@@ -141,6 +146,11 @@ class CommandEvents:
     _device_id: str
     _fleet: str
     _handler: CommandHandler | None
+
+    if TYPE_CHECKING:  # methods of DeviceReporter
+        def publish_birth(self, timeout_s: float = 5.0) -> Birth: ...
+
+        def _emit_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo | None]: ...
 
     def _send_reply(self, cid: str, ok: bool, result: dict[str, Any] | None,
                     error: str | None) -> None:

@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import paho.mqtt.client as mqtt
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from edgemeta.fleet._reporter_commands import CommandWorker
     from edgemeta.fleet._reporter_replay import Sender
     from edgemeta.fleet._reporter_session import SessionClock
-    from edgemeta.fleet._reporter_status import StatusSource
+    from edgemeta.fleet._reporter_status import DeviceStatus, StatusSource
+    from edgemeta.fleet.schema import Birth, Reply, Telemetry
 
 __all__ = ["LinkEvents", "never_raises"]
 
@@ -34,20 +35,21 @@ MAX_HOSTS = 64
 
 log = logging.getLogger("edgemeta.fleet.reporter")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def never_raises(fn: F) -> F:
+def never_raises(fn: Callable[P, R]) -> Callable[P, R | None]:
     """Log and swallow any exception: paho 2.x lets a callback's exception end its network
     thread (no more keepalives, reconnects or PUBACKs), so no callback may raise."""
     @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
         try:
             return fn(*args, **kwargs)
         except Exception:  # noqa: BLE001 - keep paho's thread alive whatever happened
             log.exception("reporter: %s failed; the connection goes on", fn.__name__)
             return None
-    return guarded  # type: ignore[return-value]
+    return guarded
 
 
 class LinkEvents:
@@ -73,6 +75,16 @@ class LinkEvents:
     _state: str
     _wait_for_monitor: bool
     _birth_info: mqtt.MQTTMessageInfo | None
+
+    if TYPE_CHECKING:  # methods of DeviceReporter
+        def _topic(self, kind: str) -> str: ...
+
+        def _publish_birth_locked(self, st: DeviceStatus
+                                  ) -> tuple[Birth, mqtt.MQTTMessageInfo]: ...
+
+        def _emit_telemetry(self) -> tuple[Telemetry, mqtt.MQTTMessageInfo | None]: ...
+
+        def _tell_requeued(self, requeued: list[Telemetry | Reply]) -> None: ...
 
     def _set_will(self) -> None:
         # paho sends the Will with the next CONNECT, so this must run before each (re)connect.
@@ -170,7 +182,7 @@ class LinkEvents:
         if message.topic.startswith(HOST_ROOT + "/"):
             self._on_host_state(message.topic, message.payload)
 
-    def _on_host_state(self, topic_name: str, payload: bytes) -> None:
+    def _on_host_state(self, topic_name: str, payload: bytes | bytearray) -> None:
         if not payload:
             with self._lock:  # a cleared retained message: that host is gone
                 self._hosts.pop(topic_name[len(HOST_ROOT) + 1:], None)

@@ -111,6 +111,9 @@ class SelectLoop:
         sock = client.socket()
         if sock is None:
             return False
+        if not isinstance(sock, socket.socket):  # paho's websocket wrapper: ws:// is refused
+            raise TypeError(f"cannot drop a connection over {type(sock).__name__}: expected a "
+                            "TCP or TLS socket (mqtt:// or mqtts://)")
         try:
             # paho has no public abort: shut the socket down and let paho read the EOF, so it
             # closes the socket and runs its own cleanup (on_socket_close, on_disconnect).

@@ -166,16 +166,14 @@ def _version_drift(members: list[DeviceState]) -> list[Alert]:
 
 
 def _latency_regression(members: list[DeviceState], cfg: AlertConfig) -> list[Alert]:
-    measured = [st for st in members if st.latency_p50_ms is not None]
+    measured = [(st, p50) for st in members if (p50 := st.latency_p50_ms) is not None]
     if len(measured) < cfg.min_latency_devices:
         return []
-    median = statistics.median(st.latency_p50_ms for st in measured)  # type: ignore[misc]
+    median = statistics.median(p50 for _, p50 in measured)
     if median <= 0:
         return []
     out = []
-    for st in measured:
-        p50 = st.latency_p50_ms
-        assert p50 is not None
+    for st, p50 in measured:
         if p50 > cfg.latency_factor * median:
             out.append(Alert(st.device_id, st.fleet, "latency",
                              f"p50 {p50:.2f} ms is {p50 / median:.1f}x the fleet median "

@@ -189,7 +189,7 @@ class FleetCommander(StartStop):
 
     # --- replies --------------------------------------------------------------------------------
 
-    def handle(self, topic_name: str, payload: bytes) -> bool:
+    def handle(self, topic_name: str, payload: bytes | bytearray) -> bool:
         """Hand one reply message to the call waiting for it; never raises.
 
         Returns:
@@ -261,10 +261,14 @@ def _no_delay(client: mqtt.Client) -> None:
     mosquitto, 0.5 ms with TCP_NODELAY here and ``set_tcp_nodelay true`` in the broker).
     """
     sock = client.socket()
+    if sock is None:
+        return
+    if not isinstance(sock, socket.socket):  # e.g. paho's websocket wrapper: keep going
+        log.debug("could not set TCP_NODELAY on the commander's %s", type(sock).__name__)
+        return
     try:
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper): keep going
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket (e.g. a Unix socket): keep going
         log.debug("could not set TCP_NODELAY on the commander's socket", exc_info=True)
 
 

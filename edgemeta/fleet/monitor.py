@@ -231,7 +231,7 @@ class FleetMonitor(StartStop):
 
     # --- message handling -----------------------------------------------------------------------
 
-    def handle(self, topic_name: str, payload: bytes, retained: bool = False) -> None:
+    def handle(self, topic_name: str, payload: bytes | bytearray, retained: bool = False) -> None:
         """Apply one MQTT message to the device table; never raises on bad input.
 
         This is what the MQTT callback calls; tests call it directly without a broker. A malformed

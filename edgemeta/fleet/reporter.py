@@ -384,16 +384,16 @@ class DeviceReporter(LinkEvents, CommandEvents, StartStop):
             self._sender.settle_batch_locked()
             # PUBACKs come in order: what is unacknowledged now was not delivered; keep it.
             requeued = self._sender.requeue_unacked_locked()
-            left = len(self._outbox.queue)
+            still_queued = len(self._outbox.queue)
         self._tell_requeued(requeued)
         # A clean DISCONNECT makes the broker discard the Last Will, so "lost" is not sent too.
         self._client.disconnect()
         self._client.loop_stop()
         self._outbox.close()
-        if left:
+        if still_queued:
             where = "kept in the spool" if self._outbox.on_disk else "lost (in-memory queue)"
             log.warning("reporter %s stopped with %d queued messages: %s", self._device_id,
-                        left, where)
+                        still_queued, where)
 
     # --- composing and sending ------------------------------------------------------------------
 

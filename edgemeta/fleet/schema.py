@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from edgemeta.errors import MessageError
 from edgemeta.fleet._fields import (
@@ -66,6 +66,7 @@ HOST_ROOT = f"{TOPIC_ROOT}/_host"
 # Commands carry images (enroll, classify): larger than telemetry, still bounded.
 MAX_COMMAND_BYTES = 1024 * 1024
 DeathReason = Literal["graceful", "lost"]
+_V = TypeVar("_V", bound=Validated)
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ class HostState(Validated):
 Message = Union[Birth, Telemetry, Death, Command, Reply]
 
 # The single registry of per-device kinds: topic validation and decoding both read it.
-MESSAGE_TYPES: dict[str, type[Validated]] = {
+MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.KIND: cls for cls in (Birth, Telemetry, Death, Command, Reply)
 }
 KINDS: tuple[str, ...] = tuple(MESSAGE_TYPES)
@@ -301,9 +302,9 @@ class TopicParts:
 
 
 def _check_kind(kind: object) -> str:
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise MessageError(f"unknown message kind {kind!r}: expected one of {', '.join(KINDS)}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def topic(fleet: str, device: str, kind: str) -> str:
@@ -362,7 +363,7 @@ def _reject_constant(name: str) -> Any:
     raise MessageError(f"payload contains {name}: expected finite numbers only (strict JSON)")
 
 
-def decode(kind: str, payload: bytes) -> Message:
+def decode(kind: str, payload: bytes | bytearray) -> Message:
     """Decode and validate one payload.
 
     Args:
@@ -378,10 +379,10 @@ def decode(kind: str, payload: bytes) -> Message:
         MessageError: Naming what was wrong: unknown kind, oversized payload, not UTF-8 JSON, not
             an object, missing or unsupported schema version, missing or wrong-typed field.
     """
-    return _decode_as(MESSAGE_TYPES[_check_kind(kind)], kind, payload)  # type: ignore[return-value]
+    return _decode_as(MESSAGE_TYPES[_check_kind(kind)], kind, payload)
 
 
-def _decode_as(cls: type[Validated], kind: str, payload: bytes) -> Validated:
+def _decode_as(cls: type[_V], kind: str, payload: bytes | bytearray) -> _V:
     if not isinstance(payload, (bytes, bytearray)):
         raise MessageError(f"{kind} payload must be bytes, got {type(payload).__name__}")
     if len(payload) > cls.MAX_BYTES:
@@ -410,7 +411,7 @@ def _decode_as(cls: type[Validated], kind: str, payload: bytes) -> Validated:
                            "object") from None
 
 
-def _from_object(cls: type[Validated], kind: str, obj: Any) -> Validated:
+def _from_object(cls: type[_V], kind: str, obj: Any) -> _V:
     if not isinstance(obj, dict):
         raise MessageError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
     version = obj.get("schema", MISSING)
@@ -437,7 +438,7 @@ def host_topic(host_id: str) -> str:
     return f"{HOST_ROOT}/{validate_id(host_id, 'host id')}"
 
 
-def decode_host_state(topic_name: str, payload: bytes) -> HostState:
+def decode_host_state(topic_name: str, payload: bytes | bytearray) -> HostState:
     """Decode a host-state message and check it matches its topic.
 
     Raises:
@@ -451,4 +452,4 @@ def decode_host_state(topic_name: str, payload: bytes) -> HostState:
     if state.host_id != topic_name[len(prefix):]:
         raise MessageError(f"host state of {state.host_id!r} on the topic of "
                            f"{topic_name[len(prefix):]!r}")
-    return state  # type: ignore[return-value]
+    return state

@@ -19,7 +19,7 @@ is reached, the class holding the most images gives one up.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -47,6 +47,15 @@ def from_uint8(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if spec.invert:
         out = np.float32(255.0 * spec.scale) - out
     return out
+
+
+class ExampleArrays(TypedDict):
+    """The arrays of :meth:`ExampleBank.to_arrays`, as named in the state ``.npz``."""
+
+    ex_labels: np.ndarray
+    ex_seen: np.ndarray
+    ex_index: np.ndarray
+    ex_images: np.ndarray
 
 
 class ExampleBank:
@@ -120,7 +129,7 @@ class ExampleBank:
         self._seen.pop(label, None)
         self._cap.pop(label, None)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
+    def to_arrays(self) -> ExampleArrays:
         """Arrays for an ``.npz`` (no pickle): images, their label index, labels and seen counts."""
         labels = [k for k in self._images if self._images[k]]
         if not labels:
@@ -189,7 +198,8 @@ def reembed(bank: ExampleBank, embed: Callable[[np.ndarray], np.ndarray],
         if images.shape[1:3] != size:
             images = np.stack([
                 np.asarray(Image.fromarray(im.squeeze(-1) if channels == 1 else im)
-                           .resize((size[1], size[0]), Image.BILINEAR)).reshape(*size, channels)
+                           .resize((size[1], size[0]), Image.Resampling.BILINEAR))
+                .reshape(*size, channels)
                 for im in images])
         out.means[label] = embed(from_uint8(images, spec)).astype(np.float64).mean(axis=0) \
             .astype(np.float32)

@@ -42,6 +42,7 @@ def _wide_to_uint8(img: Image.Image) -> np.ndarray:
     # older Pillow opens 16-bit PNGs, and 32-bit TIFFs) is taken as 16-bit when a value exceeds
     # 255, else as 8-bit values already.
     wide = np.asarray(img).astype(np.int64)
+    out: np.ndarray
     if img.mode in _SIXTEEN_BIT or (wide.size and wide.max() > 255):
         out = np.round(wide / 257.0)
     else:

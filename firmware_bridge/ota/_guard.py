@@ -10,20 +10,21 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 __all__ = ["never_raises"]
 
 log = logging.getLogger("firmware_bridge.ota")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def never_raises(fn: F) -> F:
+def never_raises(fn: Callable[P, R]) -> Callable[P, R | None]:
     """Wrap a paho callback (or timer body): log an exception instead of raising it."""
 
     @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
         try:
             return fn(*args, **kwargs)
         except Exception:  # noqa: BLE001 - the network thread must keep running
@@ -31,4 +32,4 @@ def never_raises(fn: F) -> F:
                           fn.__qualname__)
             return None
 
-    return guarded  # type: ignore[return-value]
+    return guarded

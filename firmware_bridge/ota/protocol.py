@@ -163,7 +163,7 @@ class _Message:
 
     def to_payload(self) -> bytes:
         out: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):  # type: ignore[arg-type]  # a mixin of dataclasses only
             v = getattr(self, f.name)
             out[f.name] = [list(r) for r in v] if f.name == "need" else v
         return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()

@@ -122,7 +122,7 @@ class OtaReceiver:
 
     # --- entry points -----------------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes | bytearray) -> None:
         """Apply one MQTT message; never raises (a bad message is counted and logged)."""
         with self._lock:
             try:
@@ -167,7 +167,7 @@ class OtaReceiver:
 
     # --- offers -----------------------------------------------------------------------------------
 
-    def _on_offer(self, payload: bytes) -> None:
+    def _on_offer(self, payload: bytes | bytearray) -> None:
         try:
             offer = decode_offer(payload)
         except MessageError as exc:
@@ -235,7 +235,7 @@ class OtaReceiver:
 
     # --- chunks -----------------------------------------------------------------------------------
 
-    def _on_chunk(self, payload: bytes) -> None:
+    def _on_chunk(self, payload: bytes | bytearray) -> None:
         try:
             chunk = decode_chunk(payload)
         except ChunkError as exc:

@@ -12,7 +12,7 @@ from edgemeta.fleet import _mqtt
 from edgemeta.fleet.schema import validate_id
 from firmware_bridge.install import InstallResult
 from firmware_bridge.ota.protocol import DEFAULT_CHUNK_BYTES
-from firmware_bridge.ota.sender import OtaEngine
+from firmware_bridge.ota.sender import OtaEngine, Transfer
 
 __all__ = ["MqttTransport", "read_bundle_bytes", "split_mqtt_url"]
 
@@ -90,7 +90,7 @@ class MqttTransport:
         self.timeout_s = timeout_s
         self.answer_timeout_s = answer_timeout_s
         self.chunk_bytes = chunk_bytes
-        self.last_transfer = None
+        self.last_transfer: Transfer | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "MqttTransport":
