@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from pathlib import Path
 from typing import Iterator
 
 from edgemeta.bundle import BoardHome, atomic_write_bytes, read_bundle, validate_version
@@ -31,10 +32,11 @@ PREVIOUS_POINTER = "previous"
 _TMP_RE = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+$")
 
 
-def prepare_home(home: BoardHome) -> None:
+def prepare_home(home: BoardHome) -> bool:
+    """Make sure the home folder exists; True if this call created it."""
     root = home.root
     if root.is_dir():
-        return
+        return False
     if root.exists():
         raise FlashError(f"board home {root} is not a directory; expected a folder (or an SD card "
                          "mount point)")
@@ -46,9 +48,22 @@ def prepare_home(home: BoardHome) -> None:
     try:
         root.mkdir()
     except FileExistsError:
-        pass
+        return False
     except OSError as exc:
         raise FlashError(f"cannot create board home {root}: {exc}") from exc
+    return True
+
+
+def remove_if_empty(root: Path) -> None:
+    """Remove a home folder tree that holds no file (only empty folders); else leave it be."""
+    try:
+        if any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+            return
+        for d in sorted((p for p in root.rglob("*")), key=lambda p: len(p.parts), reverse=True):
+            d.rmdir()
+        root.rmdir()
+    except OSError:  # a file appeared, or no permission: keeping an empty folder is harmless
+        pass
 
 
 @contextlib.contextmanager

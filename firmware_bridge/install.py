@@ -37,6 +37,7 @@ from firmware_bridge._home import (
     prepare_home,
     prune,
     read_previous,
+    remove_if_empty,
     restore_previous,
     sweep_partials,
     write_previous,
@@ -243,7 +244,21 @@ def install_bundle(bundle_path: str | os.PathLike[str], home: BoardHome | str | 
         reason = "damaged" if isinstance(exc.__cause__, BundleError) else "io"
         raise InstallError(str(exc), reason) from exc
     home = _as_home(home)
-    prepare_home(home)
+    created = prepare_home(home)
+    try:
+        return _install_into(bundle, data, home, board=board, keep=keep,
+                             allow_downgrade=allow_downgrade, health_check=health_check,
+                             backend=backend)
+    except BaseException:
+        if created:
+            remove_if_empty(home.root)  # a refused first install leaves no empty home behind
+        raise
+
+
+def _install_into(bundle: Bundle, data: bytes, home: BoardHome, *, board: str | None, keep: int,
+                  allow_downgrade: bool, health_check: bool,
+                  backend: str | None) -> InstallResult:
+    """:func:`install_bundle` once the bundle is read and the home exists."""
     version = bundle.version
     with locked(home):
         try:

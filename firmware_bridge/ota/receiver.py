@@ -306,7 +306,10 @@ class OtaReceiver:
             reason = getattr(exc, "reason", None) or "io"
             text = str(exc)
             if reason == "downgrade" and offer.allow_downgrade and not downgrade_ok:
-                text = f"{OTA_DOWNGRADE_HINT}: {text}"
+                # The sender already asked for the downgrade: say why this board refuses it,
+                # not "pass --allow-downgrade" as the install's own message does.
+                text = (f"bundle {offer.version} is older than the current version "
+                        f"{self.home.current_version()}, and {OTA_DOWNGRADE_HINT}")
             self._finish_status(offer, "failed", reason=reason, message=f"{text}; {self._kept()}")
             return
         except Exception as exc:  # noqa: BLE001 - report, keep the board alive

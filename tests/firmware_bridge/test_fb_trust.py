@@ -57,6 +57,21 @@ def test_default_home_refuses_unsigned(make_bundle, tmp_path, snapshot):
     assert "edgemeta bundle sign" in str(err)
 
 
+def test_refused_install_into_a_missing_home_leaves_no_folder(make_bundle, tmp_path):
+    """The home is created for the install; refused, it is removed again (only if empty)."""
+    home = tmp_path / "card" / "edgemeta"
+    home.parent.mkdir()
+    with pytest.raises(InstallError) as info:
+        install_bundle(make_bundle("1.0.0"), home)  # unsigned, and a new home trusts no one
+    assert info.value.reason == "unsigned"
+    assert not home.exists() and home.parent.is_dir()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(InstallError):
+        install_bundle(make_bundle("1.0.0"), existing)
+    assert existing.is_dir()  # a folder that was already there is never removed
+
+
 def test_signed_by_trusted_key_installs(make_bundle, strict_home, keys):
     src = make_bundle("1.0.0")
     sign_bundle(src, keys[0].private_path)

@@ -364,6 +364,8 @@ def test_offer_cannot_downgrade_unless_the_board_allows_it(installed_home, make_
     assert (st.state, st.reason) == ("failed", "downgrade")
     assert "refuses downgrades requested over the air" in st.message
     assert "--allow-ota-downgrade" in st.message and "1.0.0 stays current" in st.message
+    assert "older than the current version 1.0.0" in st.message
+    assert "pass --allow-downgrade" not in st.message  # the sender did: it must not be told to
     assert BoardHome.at(installed_home).current_version() == "1.0.0"
     init_home(installed_home, allow_ota_downgrade=True)  # the board's owner opts in
     offer = make_offer(data, "0.9.0", allow_downgrade=True)
