@@ -113,7 +113,8 @@ class DeviceAgent:
         self.home = BoardHome.at(home)
         self.device_id = device_id
         self.fleet = fleet
-        self.board = board
+        # The birth names the profile the home was set up for unless told otherwise.
+        self.board = board if board is not None else _configured_board(self.home)
         # A current model that cannot start (a card gone bad) is rolled back once, by itself.
         started = start_classifier(self.home, backend=backend, num_threads=num_threads)
         self.classifier = started.classifier
@@ -136,7 +137,7 @@ class DeviceAgent:
         self.commands = CommandHandler(self, self._lock, backend=backend, num_threads=num_threads)
         self.reporter: DeviceReporter | None = None
         self._reporter_args = _ReporterArgs(broker_url=broker_url, device_id=device_id,
-                                            fleet=fleet, interval_s=interval_s, board=board,
+                                            fleet=fleet, interval_s=interval_s, board=self.board,
                                             spool_max_bytes=spool_max_bytes)
         if broker_url:
             self.reporter = self._new_reporter(broker_url)
@@ -422,3 +423,14 @@ class DeviceAgent:
                 self.ota = None
             if self.reporter is not None and self._reporting:
                 self.reporter.stop(REPORTER_STOP_S)
+
+
+def _configured_board(home: BoardHome) -> str | None:
+    """The profile in the home's board.json; None if none (or it is damaged: the board runs)."""
+    from edgemeta.bundle import read_config
+
+    try:
+        return read_config(home).board
+    except EdgemetaError as exc:
+        log.warning("cannot read the board profile from %s: %s", home.root, exc)
+        return None

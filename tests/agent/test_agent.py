@@ -270,3 +270,11 @@ def test_failed_save_leaves_nothing_enrolled_in_memory_only(home, monkeypatch):
     assert (home / "inbox" / "failed" / "enroll" / "g0").is_dir()
     monkeypatch.undo()
     assert DeviceAgent(home, "dev-1").classifier.labels == before
+
+
+def test_birth_names_the_homes_board_profile_unless_told(home):
+    init_home(home, allow_unsigned=True, board="rpi-4b")
+    assert DeviceAgent(home, "dev-1").board == "rpi-4b"
+    assert DeviceAgent(home, "dev-1", board="rpi-5").board == "rpi-5"
+    (home / "board.json").write_text("{")  # damaged: the board still runs, just unnamed
+    assert DeviceAgent(home, "dev-1").board is None
