@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes"]
+__all__ = ["atomic_write_bytes", "atomic_create_bytes"]
 
 
 def _read_umask() -> int:
@@ -53,6 +53,42 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_create_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Create ``path`` with ``data``, atomically, failing if it exists (never overwrites).
+
+    The content is written and fsynced under a temporary name, then hard-linked to ``path``:
+    the link fails if ``path`` exists, even if it appeared a moment ago, and a crash leaves
+    either no file or the whole one.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), (0o666 & ~_UMASK) if mode is None else mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links (FAT, some network filesystems): exclusive create
+            with open(path, "xb") as out:
+                if mode is not None:
+                    os.fchmod(out.fileno(), mode)
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 

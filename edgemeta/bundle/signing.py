@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgemeta._deps import require
-from edgemeta.bundle._fs import atomic_write_bytes
+from edgemeta.bundle._fs import atomic_create_bytes
 from edgemeta.errors import SignatureError
 
 __all__ = [
@@ -171,11 +171,23 @@ def generate_keypair(private_path: str | os.PathLike[str],
     priv_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     pub_pem = key.public_key().public_bytes(ser.Encoding.PEM,
                                            ser.PublicFormat.SubjectPublicKeyInfo)
+    if priv_p.resolve() == pub_p.resolve():
+        raise SignatureError(f"the private and the public key would both be {priv_p}; expected "
+                             "two different paths")
+    written: list[Path] = []
+    target = priv_p
     try:
-        atomic_write_bytes(priv_p, priv_pem, mode=0o600)
-        atomic_write_bytes(pub_p, pub_pem)
+        # Created, never replaced: a key that appears meanwhile is not overwritten either.
+        for target, pem, mode in ((priv_p, priv_pem, 0o600), (pub_p, pub_pem, None)):
+            atomic_create_bytes(target, pem, mode=mode)
+            written.append(target)
     except OSError as exc:
-        raise SignatureError(f"cannot write the key pair to {priv_p}: {exc}") from exc
+        for done in written:  # no half pair: a private key without its public one is useless
+            done.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise SignatureError(f"{target} already exists; refusing to overwrite a key (move "
+                                 "it away or choose another path)") from exc
+        raise SignatureError(f"cannot write the key pair to {target}: {exc}") from exc
     return KeyPair(key_id_of(_raw_public(key.public_key())), priv_p, pub_p)
 
 

@@ -228,6 +228,28 @@ def test_init_home_adds_keys_and_keeps_settings(tmp_path, keys):
     assert read_config(home).board == "rpi-4b"
 
 
+def test_key_that_appears_meanwhile_is_not_overwritten_and_no_half_pair_is_left(
+        tmp_path, monkeypatch):
+    import edgemeta.bundle.signing as signing
+
+    private, public = tmp_path / "r.key", tmp_path / "r.key.pub"
+    real = signing.atomic_create_bytes
+
+    def racing(path, data, mode=None):
+        if path == public:  # another process writes the public key after our existence check
+            public.write_bytes(b"someone else's key")
+        return real(path, data, mode=mode)
+
+    monkeypatch.setattr(signing, "atomic_create_bytes", racing)
+    with pytest.raises(SignatureError, match="r.key.pub already exists"):
+        generate_keypair(private)
+    assert public.read_bytes() == b"someone else's key"  # theirs, untouched
+    assert not private.exists()  # ours removed: a private key without its public one is useless
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.key.pub"]  # no temporary files
+    with pytest.raises(SignatureError, match="two different paths"):
+        generate_keypair(tmp_path / "s.key", tmp_path / "sub" / ".." / "s.key")
+
+
 def test_key_files_are_checked(tmp_path, keys):
     with pytest.raises(SignatureError, match="already exists"):
         generate_keypair(keys[0].private_path)
