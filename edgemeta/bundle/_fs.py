@@ -33,7 +33,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = _mkstemp_for(path)
     tmp = Path(tmp_name)
     try:
         # Owned by the file object at once, so a failing fchmod cannot leak the descriptor.
@@ -50,10 +50,27 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def _mkstemp_for(path: Path) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path, None) from exc
+
+
+def _naming(exc: OSError, path: Path, tmp: Path | None) -> OSError:
+    """``exc`` about ``path``: the user gave ``path``, not our temporary name (or none at all)."""
+    if exc.filename is not None and (tmp is None or Path(exc.filename) != tmp) \
+            and not str(Path(exc.filename).name).startswith(f".{path.name}.tmp-"):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_create_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -68,7 +85,7 @@ def atomic_create_bytes(path: Path, data: bytes, mode: int | None = None) -> Non
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = _mkstemp_for(path)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:

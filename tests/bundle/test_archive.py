@@ -179,3 +179,34 @@ def test_unreadable_bundle_file_is_a_bundle_error(fake_bundle, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", refuse)
     with pytest.raises(BundleError, match="cannot read"):
         read_bundle(path)
+
+
+def test_write_errors_name_the_users_path_not_a_temporary_one(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    from edgemeta.bundle import atomic_write_bytes
+
+    target = tmp_path / "glyphs.edgemeta"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"x" * 100)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+    monkeypatch.undo()
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):  # what mkstemp raises in a read-only folder
+        name = os.path.join(kwargs["dir"], kwargs["prefix"] + "k3j2")
+        raise PermissionError(errno.EACCES, "Permission denied", name)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_bytes(target, b"x")
+    assert info.value.filename == str(target)
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
