@@ -130,22 +130,23 @@ def init_home(home: BoardHome | str | os.PathLike[str], *,
         BundleError: the home's parent does not exist, or a key or the current config is bad.
     """
     h = _home(home)
-    if not h.root.is_dir():
-        if not h.root.parent.is_dir():
-            raise BundleError(f"board home {h.root} does not exist and neither does its parent; "
-                              "create it or check the path")
-        h.root.mkdir(exist_ok=True)
-    keys = [load_public_key(p) for p in trust]  # all checked before anything is written
-    config = read_config(h)
+    if not h.root.is_dir() and not h.root.parent.is_dir():
+        raise BundleError(f"board home {h.root} does not exist and neither does its parent; "
+                          "create it or check the path")
+    # Everything is checked before anything is written: a bad key or profile creates nothing.
+    keys = [load_public_key(p) for p in trust]
+    if board is not None:
+        from edgemeta.boards import get_board  # validates the name; imported late (boards reads files)
+
+        get_board(board)
+    config = read_config(h) if h.root.is_dir() else BoardConfig()
     if allow_unsigned is not None:
         config = replace(config, allow_unsigned=bool(allow_unsigned))
     if allow_ota_downgrade is not None:
         config = replace(config, allow_ota_downgrade=bool(allow_ota_downgrade))
     if board is not None:
-        from edgemeta.boards import get_board  # validates the name; imported late (boards reads files)
-
-        get_board(board)
         config = replace(config, board=board)
+    h.root.mkdir(exist_ok=True)
     for key in keys:
         atomic_write_bytes(h.root / TRUST_DIR / f"{key.key_id}.pub", Path(key.source).read_bytes())
     atomic_write_bytes(h.root / CONFIG_NAME, config.to_json())
