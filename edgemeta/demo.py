@@ -6,13 +6,16 @@ enroll unseen classes from 1-5 examples on the boards → classify → monitor �
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from rich.console import Console
@@ -137,7 +140,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig(), broker_kind: str 
 
     console.rule("[bold]6. broker, device agents, monitor")
     (out / "broker").mkdir(exist_ok=True)
-    with start_broker(broker_kind, workdir=out / "broker") as broker:
+    with _terminate_as_interrupt(), start_broker(broker_kind, workdir=out / "broker") as broker:
         console.print(f"broker: {broker.kind} at {broker.url}")
         procs = _start_agents(homes, broker.url)
         try:
@@ -184,14 +187,53 @@ def _start_agents(homes: dict[str, Path], broker_url: str) -> list[subprocess.Po
     return procs
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises KeyboardInterrupt like Ctrl-C does.
+
+    Python's default SIGTERM action ends the process without running ``finally`` blocks or
+    context exits, which would orphan the agents and the mosquitto process. Only the main thread
+    may set signal handlers; elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stop_agents(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+    """SIGTERM every agent (a graceful death for the monitor), SIGKILL those that do not stop.
+
+    Whatever interrupts the shutdown (a second Ctrl-C, a wait that fails) kills the agents not
+    yet stopped before it propagates: none is left running.
+    """
+    try:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+    except BaseException:
+        # Kill them all first (kill does not block), then reap: an interrupt while reaping one
+        # must not leave a later one running. The original exception is what propagates.
+        for p in procs:
+            with contextlib.suppress(Exception):
+                if p.poll() is None:
+                    p.kill()
+        for p in procs:
+            with contextlib.suppress(BaseException):
+                p.wait(timeout=5)
+        raise

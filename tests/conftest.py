@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+
 import numpy as np
 import pytest
 
 from edgemeta.bundle import InputSpec, Manifest, Preprocessing, Provenance, pack_bundle, sha256_hex
+
+
+def require_module(name: str, reason: str | None = None) -> ModuleType:
+    """``pytest.importorskip`` that fails instead of skipping in CI (env ``CI`` set).
+
+    CI installs ``.[host,device,dev]``, so a missing TensorFlow or amqtt there is a broken
+    install, never a reason to hide the tests that need it.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        why = reason or f"{name} is not importable ({e})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI must provide it", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+        raise  # unreachable: pytest.skip raises
 
 
 def fake_manifest(model: bytes, version: str = "1.0.0", **kw) -> Manifest:

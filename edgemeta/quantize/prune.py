@@ -19,7 +19,9 @@ __all__ = ["magnitude_prune", "kernel_sparsity"]
 
 
 def _kernels(model: Any) -> list[Any]:
-    return [v for v in model.trainable_weights if v.path.endswith("kernel")]
+    # All weights, not trainable_weights: a frozen backbone (trainable=False) keeps its kernels
+    # among the non-trainable weights, and pruning must still reach them.
+    return [v for v in model.weights if v.path.endswith("kernel")]
 
 
 def magnitude_prune(model: Any, sparsity: float) -> Any:
@@ -39,10 +41,12 @@ def magnitude_prune(model: Any, sparsity: float) -> Any:
         k = int(round(sparsity * w.size))
         if k == 0:
             continue
-        threshold = np.partition(np.abs(w).ravel(), k - 1)[k - 1]
-        mask = np.abs(w) > threshold
-        # Ties at the threshold: keep exactly size - k entries.
-        var.assign(np.where(mask, w, 0.0).astype(w.dtype))
+        # Zero exactly the k smallest |w| (ties broken by position, stably): a magnitude
+        # threshold would also zero every weight tied with the k-th, overshooting the sparsity
+        # (all of a constant kernel).
+        flat = w.ravel().copy()
+        flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+        var.assign(flat.reshape(w.shape).astype(w.dtype))
     return pruned
 
 

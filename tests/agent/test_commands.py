@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")  # to build the tiny bundle
+require_module("tensorflow")  # to build the tiny bundle
 
 from edgemeta.agent import DeviceAgent
 from edgemeta.agent.commands import (

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from edgemeta.bundle import read_bundle
 from edgemeta.cli import cli
+from tests.conftest import require_module
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_fleet_status_unreachable_broker(runner):
 
 def test_train_convert_enroll_classify(runner, tmp_path):
     """The host commands on a tiny scale, then the board commands on the result."""
-    pytest.importorskip("tensorflow")
+    require_module("tensorflow")
     run_dir = tmp_path / "run"
     r = runner.invoke(cli, ["train", "--data", "synthetic:30", "--out", str(run_dir), "--way", "5",
                             "--shot", "1", "--query", "2", "--episodes", "6", "--filters", "8"])
@@ -148,7 +149,7 @@ def test_host_commands_reject_bad_input_in_one_line(runner, tmp_path, args, mess
 
 def test_adapt_reports_and_exports(runner, tmp_path):
     """A tiny fomaml run adapted to a 'site' of unseen glyphs: report + int8 bundle."""
-    pytest.importorskip("tensorflow")
+    require_module("tensorflow")
     from edgemeta.data import make_glyph_dataset, write_image_folder
 
     run_dir = tmp_path / "run"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.cli import cli  # noqa: E402
 from edgemeta.data import make_glyph_dataset, write_image_folder  # noqa: E402

@@ -1,8 +1,9 @@
 """Data sources and splits as the trainer sees them (edgemeta.pipeline, no TensorFlow needed)."""
 
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")  # edgemeta.pipeline imports the host stack
+require_module("tensorflow")  # edgemeta.pipeline imports the host stack
 
 from edgemeta.errors import DataError  # noqa: E402
 from edgemeta.pipeline import DataSplit, split_source  # noqa: E402

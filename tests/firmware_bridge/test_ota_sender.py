@@ -103,7 +103,7 @@ def test_an_exception_in_a_callback_never_reaches_paho(engine, monkeypatch, capl
     engine._tick()  # the timer thread survives too
 
 
-def test_board_side_callbacks_never_raise(home, monkeypatch):
+def test_board_side_callbacks_never_raise(home, monkeypatch, caplog):
     from firmware_bridge.ota import BoardOta
 
     board = BoardOta("mqtt://127.0.0.1:1", home, DEVICE, FLEET, tick_s=None)
@@ -112,7 +112,9 @@ def test_board_side_callbacks_never_raise(home, monkeypatch):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(board.receiver, "handle", boom)
-    board._on_message(board.client, None, SimpleNamespace(topic="t", payload=b""))
+    with caplog.at_level("ERROR", logger="firmware_bridge.ota"):
+        board._on_message(board.client, None, SimpleNamespace(topic="t", payload=b""))
+    assert "_on_message failed" in caplog.text and "bug" in caplog.text  # logged, not raised
     monkeypatch.setattr(board._waiter, "on_connect", boom)
     board._on_connect(board.client, None, None, SimpleNamespace(is_failure=True), None)
     board._on_subscribe(board.client, None, 1, [SimpleNamespace(is_failure=True)], None)

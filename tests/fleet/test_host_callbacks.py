@@ -46,17 +46,22 @@ def test_commander_survives_a_reply_whose_decoding_raises_anything(
     cmd._client.on_subscribe(cmd._client, None, 1, None, None)
 
 
-def test_monitor_callbacks_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_monitor_callbacks_never_raise(monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
     m = FleetMonitor("mqtt://127.0.0.1:1", host_id="ws")
     m._client.on_message(m._client, None, msg(topic("lab", "pi-01", "birth"), NESTED))
+    assert m.error_count == 1 and m.snapshot() == []  # counted as malformed, not a device
 
     def boom(*a: Any, **k: Any) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(m, "handle", boom)
-    m._client.on_message(m._client, None, msg(topic("lab", "pi-01", "birth"), b"{}"))
-    m._client.on_connect(m._client, None, None, None, None)
-    m._client.on_subscribe(m._client, None, 1, None, None)
+    with caplog.at_level("ERROR"):
+        m._client.on_message(m._client, None, msg(topic("lab", "pi-01", "birth"), b"{}"))
+        m._client.on_connect(m._client, None, None, None, None)
+        m._client.on_subscribe(m._client, None, 1, None, None)
+    failed = [r.getMessage() for r in caplog.records if "failed; ignored" in r.getMessage()]
+    assert failed and "monitor on_message failed" in failed[0], caplog.text
 
 
 def test_simulator_callbacks_never_raise() -> None:

@@ -26,11 +26,16 @@ def test_offline_start_queues_telemetry_with_exact_drops(tmp_path) -> None:
                          spool_fsync=False)
     r.start(wait=False)  # does not raise: a board service keeps trying in the background
     try:
+        # The timer's start-up telemetry (n 0) first, so it cannot land among (or after) ours.
+        deadline = time.monotonic() + 10
+        while r.queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.queued == 1, "no start-up telemetry"
         sent = [r.report() for _ in range(8)]
-        # The timer's start-up telemetry may add one more; count from what the reporter says.
         assert not r.connected and r.queued == 3
-        assert [m.n for m in sent] == sorted(m.n for m in sent)
-        assert sent[-1].dropped == r.dropped - 1 or sent[-1].dropped == r.dropped
+        assert [m.n for m in sent] == list(range(1, 9))
+        # A message carries the drops before it was queued; queuing it dropped one more.
+        assert sent[-1].dropped == r.dropped - 1
         total = sent[-1].n + 1
         assert r.dropped == total - 3
         with pytest.raises(FleetError, match="queued, not sent"):
@@ -195,18 +200,43 @@ def test_stop_is_bounded_overall_with_a_stuck_command(tmp_path) -> None:
     release = threading.Event()
 
     def stuck(cmd: Command):
-        release.wait(30)
+        release.wait(60)
         return True, None, None
 
     r = offline_reporter(tmp_path, command_handler=stuck)
     r.start(wait=False)
+    waits: list[tuple[str, float]] = []  # every wait of stop() and the timeout it was given
+
+    def recorded(name: str, wait):
+        def call(timeout_s=None, *a, **kw):
+            waits.append((name, timeout_s))
+            return wait(timeout_s, *a, **kw)
+        return call
+
+    returned: list[bool] = []
+
+    def stop() -> None:
+        r.stop(timeout_s=1.0)
+        returned.append(release.is_set())
+
     try:
         for i in range(20):  # one runs (stuck), 16 wait: the queue is full
             r._commands.submit(cmd_payload(id=f"c{i}"))
-        t0 = time.monotonic()
-        r.stop(timeout_s=1.0)
-        took = time.monotonic() - t0
+        r.flush = recorded("flush", r.flush)  # type: ignore[method-assign]
+        for t in r._threads:
+            t.join = recorded(t.name, t.join)  # type: ignore[method-assign]
+        r._commands.stop = recorded("commands", r._commands.stop)  # type: ignore
+        stopper = threading.Thread(target=stop, daemon=True)
+        stopper.start()
+        stopper.join(20)  # the command stays stuck for 60 s
+        assert not stopper.is_alive(), "stop() waited for the stuck command"
     finally:
         release.set()
+    assert returned == [False]  # returned while the command was still stuck
     # Before: flush, each join, the stop marker and the worker join each waited timeout_s.
-    assert took < 1.8, took
+    # Now one deadline is shared: the flush gets at most half, every later wait what is left
+    # minus the quarter (at most 1 s) kept for the graceful death.
+    names = [name for name, _ in waits]
+    assert names[0] == "flush" and names[-1] == "commands" and len(names) == len(r._threads) + 2
+    assert waits[0][1] <= 0.5, waits
+    assert all(timeout is not None and 0 <= timeout <= 0.75 for _, timeout in waits[1:]), waits

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.bundle import read_bundle  # noqa: E402
 from edgemeta.runtime import FewShotClassifier, load_interpreter  # noqa: E402

@@ -3,8 +3,9 @@
 import zipfile
 
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.data import make_glyph_dataset  # noqa: E402
 from edgemeta.errors import ConfigError  # noqa: E402

@@ -47,8 +47,13 @@ class Watcher:
         self.messages: list[tuple[str, dict]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self.client.on_connect = lambda c, *a: c.subscribe(topic_filter("lab"), qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.subscribed = threading.Event()
+        # Retries every 0.05 s (the agent backs off from 1 s): a watcher started before its
+        # broker is subscribed before the agent reconnects and replays its spool.
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.05)
+        self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
 
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
@@ -83,11 +88,16 @@ def test_sigterm_after_broker_restart_publishes_graceful_death(home: Path) -> No
     watcher = Watcher(broker.port)
     try:
         assert watcher.find("birth", lambda m: m["bd_seq"] == 0), "agent never came online"
+        # Telemetry only: a birth is retained, so seeing one says nothing about the spool.
+        assert watcher.find("telemetry"), "no live telemetry"
         broker.stop()
         watcher.stop()
+        # The new watcher first, so it is subscribed (it retries every 0.05 s) before the agent
+        # (backing off from 1 s) reconnects and replays: replayed telemetry is not retained.
+        watcher = Watcher(broker.port)
         broker = start_broker("mosquitto", port=broker.port)
         brokers.append(broker)
-        watcher = Watcher(broker.port)
+        assert watcher.subscribed.wait(WAIT_S), "watcher could not subscribe"
         # No manual step: the agent's next connection publishes birth bd_seq 1 on the new broker
         # and replays what it spooled meanwhile.
         birth = watcher.find("birth", lambda m: m["bd_seq"] == 1)

@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")  # only to build the tiny bundle in this (host) process
+require_module("tensorflow")  # only to build the tiny bundle in this (host) process
 
 from edgemeta.fleet import FleetMonitor  # noqa: E402
 from edgemeta.bundle import init_home  # noqa: E402

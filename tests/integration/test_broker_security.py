@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,8 +221,12 @@ class Probe:
             return self._cond.wait_for(seen, WAIT_S)
 
     def topics(self, settle_s: float = NOTHING_MORE_S) -> set[str]:
+        # The whole settle_s (a message arriving wakes the wait early; it goes on waiting), so
+        # anything still in flight lands here; bounded by the deadline.
+        deadline = time.monotonic() + settle_s
         with self._cond:
-            self._cond.wait(settle_s)  # bounded: anything still in flight lands here
+            while (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
             return {t for t, _ in self.received}
 
 

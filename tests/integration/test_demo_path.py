@@ -5,8 +5,9 @@ mosquitto, a real monitor. Accuracy is not asserted here (tiny training); the be
 import json
 
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.demo import BOARDS, DemoConfig, run_demo  # noqa: E402
 from tests.integration.conftest import require_mosquitto  # noqa: E402

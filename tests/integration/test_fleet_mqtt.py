@@ -31,6 +31,7 @@ from edgemeta.fleet import (
     start_broker,
     topic,
 )
+from tests.conftest import require_module
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param == "mosquitto":
         yield request.getfixturevalue("mosquitto_broker")
         return
-    pytest.importorskip("amqtt", reason="the embedded broker needs amqtt (edgemeta[host])")
+    require_module("amqtt", reason="the embedded broker needs amqtt (edgemeta[host])")
     b = start_broker("embedded")
     try:
         yield b
@@ -256,7 +257,7 @@ def test_mosquitto_broker_lifecycle_and_port_conflict(mosquitto_broker: Broker) 
 
 
 def test_embedded_broker_lifecycle() -> None:
-    pytest.importorskip("amqtt", reason="the embedded broker needs amqtt (edgemeta[host])")
+    require_module("amqtt", reason="the embedded broker needs amqtt (edgemeta[host])")
     b = start_broker("embedded")
     assert b.kind == "embedded" and b.url.startswith("mqtt://127.0.0.1:")
     # No $SYS spam: amqtt's default sys plugin retains $SYS/broker/version at least. Retained

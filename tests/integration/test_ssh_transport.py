@@ -302,11 +302,10 @@ def test_unreachable_port_is_a_clear_error(sshd_server, tmp_path):
                                       f"{tmp_path / 'board'}?python={sys.executable}",
                                       ssh_config=sshd_server.client_config, connect_timeout=5,
                                       timeout=30)
-    started = time.monotonic()
     with pytest.raises(FlashError, match=r"cannot reach board .*127\.0\.0\.1 over ssh: .*"
                                          r"Connection refused; nothing was changed"):
         transport.push(_bundle(tmp_path, "1.0.0"))
-    assert time.monotonic() - started < 30
+    assert not (tmp_path / "board").exists()
 
 
 def test_unauthorised_key_is_a_clear_error(sshd_server, tmp_path):

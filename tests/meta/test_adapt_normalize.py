@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 import keras  # noqa: E402
 

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.bundle import Preprocessing  # noqa: E402
 from edgemeta.data import EpisodeSampler, make_glyph_dataset  # noqa: E402

@@ -10,9 +10,10 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+tf = require_module("tensorflow")
+keras = require_module("keras")
 
 from edgemeta.bundle import Preprocessing  # noqa: E402
 from edgemeta.data import EpisodeSampler, make_glyph_dataset  # noqa: E402

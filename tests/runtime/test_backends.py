@@ -2,8 +2,9 @@ import pytest
 
 from edgemeta.errors import BackendError
 from edgemeta.runtime import BACKEND_ENV, available_backends, load_interpreter
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")  # to build a real model
+require_module("tensorflow")  # to build a real model
 
 from tests.host.tiny import tiny_bundle_path  # noqa: E402
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")
+require_module("tensorflow")
 
 from edgemeta.bundle import BoardHome, init_home, pack_bundle, read_bundle  # noqa: E402
 from edgemeta.errors import BundleError  # noqa: E402

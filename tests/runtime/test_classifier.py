@@ -4,8 +4,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from tests.conftest import require_module
 
-pytest.importorskip("tensorflow")  # to build the tiny real model
+require_module("tensorflow")  # to build the tiny real model
 
 from edgemeta.bundle import read_bundle  # noqa: E402
 from edgemeta.errors import BundleError, InputError  # noqa: E402
