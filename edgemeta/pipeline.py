@@ -221,6 +221,8 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
                         f"needs {eval_way}-way {eval_shot}-shot episodes with {eval_query} "
                         f"queries per class: {exc}") from exc
     episodes = sampler.take(eval_episodes)
+    # The pruned copy is what ships; the original is kept so the report shows what pruning cost.
+    unpruned = model if prune else None
     if prune:
         model = magnitude_prune(model, prune)
     train_x = preprocess_dataset(train, preprocessing)
@@ -239,7 +241,7 @@ def bundle_run(model: Any, config: TrainConfig, split: DataSplit, preprocessing:
     # accuracies just measured: a crash never leaves a bundle without its figures.
     draft = Bundle(make_manifest(int8, provenance=provenance, **fields), int8)
     report = compare_float_int8(model, preprocess_dataset(test, preprocessing), draft, test,
-                                episodes, float_bytes=float_bytes)
+                                episodes, float_bytes=float_bytes, unpruned_model=unpruned)
     provenance = replace(provenance, float_accuracy=report.float_accuracy.mean,
                          int8_accuracy=report.int8_accuracy.mean)
     path = export_bundle(int8, out_path, provenance=provenance, signing_key=signing_key, **fields)

@@ -70,6 +70,28 @@ def test_magnitude_pruning_zeroes_kernels_and_still_converts():
         magnitude_prune(result.model, 1.0)
 
 
+def test_pruned_bundle_reports_the_unpruned_float_accuracy(tmp_path):
+    """--prune ships the pruned model, and the report also scores the original on the same
+    episodes, so that what pruning cost is visible (not only pruned float vs pruned int8)."""
+    from edgemeta.bundle import Preprocessing
+    from edgemeta.pipeline import DataSplit, bundle_run
+    from edgemeta.quantize import kernel_sparsity
+
+    result, _ = tiny_run()
+    unpruned_report, _ = tiny_bundle()
+    bundle, report = bundle_run(result.model, result.config, DataSplit("synthetic:40", 0.3, 0),
+                                Preprocessing(), tmp_path / "p.edgemeta", name="p",
+                                version="1.0.0", eval_episodes=30, prune=0.7)
+    assert report.unpruned_accuracy is not None and unpruned_report.unpruned_accuracy is None
+    # Same episodes and the same original model as the unpruned bundle's report.
+    assert report.unpruned_accuracy == unpruned_report.float_accuracy
+    assert report.pruning_drop_points == pytest.approx(
+        100 * (report.unpruned_accuracy.mean - report.int8_accuracy.mean))
+    assert any("before pruning" in line for line in report.lines())
+    assert bundle.manifest.provenance.extra["prune"] == 0.7
+    assert kernel_sparsity(result.model) < 0.01  # the caller's model is not pruned in place
+
+
 def test_test_time_views_average_the_shifted_embeddings():
     """A manifest with test_time_shifts embeds the mean of the views, on the board and on the host."""
     from dataclasses import replace
