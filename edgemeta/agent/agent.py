@@ -88,6 +88,7 @@ class _ReporterArgs(TypedDict):
     interval_s: float
     board: str | None
     spool_max_bytes: int | None
+    wait_for_monitor: bool
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,16 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 class DeviceAgent:
-    """One board: a :class:`FewShotClassifier` over a board home, plus optional MQTT reporting."""
+    """One board: a :class:`FewShotClassifier` over a board home, plus optional MQTT reporting.
+
+    With ``broker_url``, a :class:`~edgemeta.fleet.DeviceReporter` reports over MQTT; its
+    ``spool_max_bytes`` and ``wait_for_monitor`` are passed through (see there).
+    """
 
     def __init__(self, home: str | os.PathLike[str], device_id: str, *, broker_url: str | None = None,
                  fleet: str = "default", interval_s: float = 5.0, backend: str | None = None,
                  board: str | None = None, num_threads: int = 1, ota: bool = True,
-                 spool_max_bytes: int | None = None) -> None:
+                 spool_max_bytes: int | None = None, wait_for_monitor: bool = False) -> None:
         self.home = BoardHome.at(home)
         self.device_id = device_id
         self.fleet = fleet
@@ -138,7 +143,8 @@ class DeviceAgent:
         self.reporter: DeviceReporter | None = None
         self._reporter_args = _ReporterArgs(broker_url=broker_url, device_id=device_id,
                                             fleet=fleet, interval_s=interval_s, board=self.board,
-                                            spool_max_bytes=spool_max_bytes)
+                                            spool_max_bytes=spool_max_bytes,
+                                            wait_for_monitor=wait_for_monitor)
         if broker_url:
             self.reporter = self._new_reporter(broker_url)
 
@@ -154,6 +160,7 @@ class DeviceAgent:
                               backend=self.classifier.backend, command_handler=self.commands,
                               spool=self.home.root / "spool",
                               spool_max_bytes=a["spool_max_bytes"] or DEFAULT_MAX_BYTES,
+                              wait_for_monitor=a["wait_for_monitor"],
                               # sessions keep growing across restarts, clock set back or not
                               session_path=self.home.state_dir / "reporter.json")
 

@@ -72,10 +72,13 @@ def device() -> None:
 @click.option("--spool-max-bytes", default=8 * 1024 * 1024, show_default=True,
               type=click.IntRange(4096),
               help="Telemetry kept in HOME/spool while the broker is unreachable; oldest dropped.")
+@click.option("--wait-for-monitor", is_flag=True,
+              help="After each connect, publish the birth and replay the spool only once a "
+                   "monitor's retained host state is online (Sparkplug's rule for edge nodes).")
 def device_run(home: str, device_id: str, broker: str | None, fleet: str, board: str | None,
                interval: float, poll: float, once: bool, duration: float | None,
                log_file: str | None, log_max_bytes: int, log_backups: int,
-               spool_max_bytes: int) -> None:
+               spool_max_bytes: int, wait_for_monitor: bool) -> None:
     """The device agent: load the current bundle, enroll/classify the inbox, report over MQTT.
 
     SIGTERM or SIGINT stops it cleanly: the inbox pass in progress finishes, a graceful death is
@@ -86,6 +89,8 @@ def device_run(home: str, device_id: str, broker: str | None, fleet: str, board:
     from edgemeta.agent import DeviceAgent
     from edgemeta.agent.agent import configure_logging
 
+    if wait_for_monitor and not broker:
+        raise click.UsageError("--wait-for-monitor waits for a monitor on the broker: give --broker")
     if board is not None:
         from edgemeta.boards import get_board, require_flashable
 
@@ -94,7 +99,8 @@ def device_run(home: str, device_id: str, broker: str | None, fleet: str, board:
     if log_file != "-":
         configure_logging(log_file or Path(home) / "agent.log", log_max_bytes, log_backups)
     agent = DeviceAgent(home, device_id, broker_url=broker, fleet=fleet, interval_s=interval,
-                        board=board, spool_max_bytes=spool_max_bytes)
+                        board=board, spool_max_bytes=spool_max_bytes,
+                        wait_for_monitor=wait_for_monitor)
     # Both signals only ask the loop to stop: the graceful death and the spool state are
     # written by run()'s normal exit path, not from inside a signal handler.
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())

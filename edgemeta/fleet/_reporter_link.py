@@ -112,7 +112,11 @@ class LinkEvents:
             client.subscribe([(self._topic("cmd"), 1), (f"{HOST_ROOT}/+", 1)])
             if not self._wait_for_monitor:
                 self._go_online()
-            # else: Sparkplug-style, the birth waits for a retained "online" host state
+            else:
+                # Sparkplug-style, the birth waits for a retained "online" host state; said in
+                # the log so that a board waiting for a monitor does not look stuck.
+                log.info("reporter %s connected; the birth waits for a monitor's host state "
+                         "(wait_for_monitor)", self._device_id)
 
     def _go_online(self) -> None:
         """Birth, then the first replay step, then live (paho's thread, once per connection)."""

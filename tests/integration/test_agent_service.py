@@ -123,6 +123,59 @@ def test_sigterm_after_broker_restart_publishes_graceful_death(home: Path) -> No
     assert (home / "spool" / "state.json").is_file()
 
 
+def test_wait_for_monitor_holds_the_birth_until_a_monitor_is_online(home: Path) -> None:
+    """`device run --wait-for-monitor`: connected, but no birth or telemetry until a retained
+    host state says a monitor is online; then the birth and telemetry follow by themselves."""
+    from edgemeta.fleet import HostState, host_topic
+
+    require_mosquitto()
+    broker = start_broker("mosquitto")
+    watcher = Watcher(broker.port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgemeta", "device", "run", "--home", str(home), "--id", "pi-wait",
+         "--fleet", "lab", "--broker", broker.url, "--interval", "0.2", "--poll", "0.1",
+         "--wait-for-monitor"],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        assert watcher.subscribed.wait(WAIT_S), "watcher could not subscribe"
+        deadline = time.monotonic() + WAIT_S
+        log_file = home / "agent.log"
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                log_file.is_file() and "the birth waits for a monitor" in log_file.read_text()):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert "the birth waits for a monitor" in log_file.read_text()
+        # Connected, and five telemetry periods later still silent.
+        time.sleep(1.0)
+        with watcher.lock:
+            assert not [k for k, _ in watcher.messages if k in ("birth", "telemetry")], \
+                watcher.messages
+        watcher.client.publish(host_topic("ops"), HostState("ops", True, time.time()).to_payload(),
+                               qos=1, retain=True)
+        birth = watcher.find("birth")
+        assert birth is not None and birth["device_id"] == "pi-wait", watcher.messages
+        assert watcher.find("telemetry"), "no telemetry after the monitor came online"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        watcher.stop()
+        broker.stop()
+
+
+def test_wait_for_monitor_needs_a_broker(home: Path) -> None:
+    from edgemeta.cli import cli
+
+    result = CliRunner().invoke(cli, ["device", "run", "--home", str(home), "--id", "pi",
+                                      "--wait-for-monitor", "--once", "--log-file", "-"])
+    assert result.exit_code == 2 and "--wait-for-monitor" in result.output and "--broker" in \
+        result.output
+
+
 def test_agent_log_is_rotated_and_bounded(tmp_path: Path) -> None:
     import logging
 
