@@ -19,6 +19,14 @@ def fleet() -> None:
     """Watch the fleet from the host: live table, JSON status, Prometheus exporter."""
 
 
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Reject zero, negatives and NaN by the option's own name, before any broker is contacted
+    (the library's checks come later and name its parameters, e.g. ``offline_after_s``)."""
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"expected a positive number, got {value!r}")
+    return value
+
+
 def _monitor_options(f: _F) -> _F:
     """Options shared by watch, status and exporter (applied bottom-up by click)."""
     options = [
@@ -26,11 +34,14 @@ def _monitor_options(f: _F) -> _F:
         click.option("--fleet", "pattern", default="+", show_default=True,
                      help="Fleet id, '+' for all, or a shell pattern such as 'site-*'."),
         click.option("--offline-after", default=30.0, show_default=True,
+                     callback=_positive,
                      help="Seconds of silence before a device whose cadence is unknown is "
                      "offline."),
         click.option("--missed-intervals", default=3.0, show_default=True,
+                     callback=_positive,
                      help="A device silent for this many telemetry intervals is offline."),
         click.option("--latency-factor", default=2.0, show_default=True,
+                     callback=_positive,
                      help="Alert when a device's p50 exceeds this multiple of the fleet median."),
         click.option("--host-id", default=None,
                      help="Id of this monitor in its retained host state (default: "
@@ -87,7 +98,8 @@ def _fleet_glob(pattern: str) -> str | None:
               help="Show at most this many rows.")
 @click.option("--share-group", default=None,
               help="Join this MQTT shared-subscription group (several monitors split the load).")
-@click.option("--refresh", default=1.0, show_default=True)
+@click.option("--refresh", default=1.0, show_default=True, callback=_positive,
+              help="Seconds between redraws.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 def fleet_watch(broker: str, pattern: str, offline_after: float, missed_intervals: float,
                 latency_factor: float, host_id: str | None, max_devices: int,
@@ -205,6 +217,7 @@ def _send(opts: dict, command: str, args: dict | None = None,
     from dataclasses import asdict
 
     from edgemeta.fleet.commander import FleetCommander
+    from edgemeta.fleet.view import printable
 
     with FleetCommander(opts["broker"], host_id=opts["host_id"]) as commander:
         reply = commander.call(opts["fleet"], opts["device"], command, args,
@@ -213,11 +226,13 @@ def _send(opts: dict, command: str, args: dict | None = None,
     if opts["as_json"]:
         click.echo(json.dumps(asdict(reply), indent=2, sort_keys=True))
     elif not reply.ok:
-        click.echo(f"{who}: {command} refused: {reply.error}", err=True)
+        # Device-supplied text: escaped, so a device cannot send escapes to the terminal.
+        click.echo(f"{who}: {command} refused: {printable(str(reply.error))}", err=True)
     elif command == "classify":
         for name, p in zip(files, (reply.result or {}).get("predictions", [])):
-            click.echo(f"{name}: {p.get('label')} ({p.get('score')})")
-    else:
+            click.echo(f"{name}: {printable(str(p.get('label')))} "
+                       f"({printable(str(p.get('score')))})")
+    else:  # json.dumps escapes every control character (ensure_ascii)
         click.echo(f"{who}: {command} ok: {json.dumps(reply.result, sort_keys=True)}")
     if not reply.ok:
         click.get_current_context().exit(1)

@@ -39,6 +39,18 @@ _COUNTERS = ("messages", "telemetry", "telemetry_unique", "duplicates", "unverif
              "missed", "late", "errors", "rebirths_requested", "rebirths_suppressed", "overflow")
 
 
+def _as_float(value: int) -> float | None:
+    """A device-reported integer as a sample value, or None if it exceeds a float.
+
+    The schema bounds counters from below only: one board reporting ``inference_count``
+    10**400 must cost its own sample, not raise OverflowError and fail the scrape of the fleet.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _metrics() -> Any:
     return require("prometheus_client.core", "the Prometheus exporter")
 
@@ -94,15 +106,17 @@ class FleetCollector:
                 latency.add_metric(key + ["0.5"], st.latency_p50_ms)
             if st.latency_p95_ms is not None:
                 latency.add_metric(key + ["0.95"], st.latency_p95_ms)
-            if st.inference_count is not None:
-                inferences.add_metric(key, float(st.inference_count))
+            if st.inference_count is not None and \
+                    (count := _as_float(st.inference_count)) is not None:
+                inferences.add_metric(key, count)
             if st.inference_rate is not None:
                 rate.add_metric(key, st.inference_rate)
-            classes.add_metric(key, float(st.n_classes))
+            if (n_classes := _as_float(st.n_classes)) is not None:
+                classes.add_metric(key, n_classes)
             if st.accuracy is not None:
                 accuracy.add_metric(key, st.accuracy)
-            if st.rss_bytes is not None:
-                rss.add_metric(key, float(st.rss_bytes))
+            if st.rss_bytes is not None and (rss_bytes := _as_float(st.rss_bytes)) is not None:
+                rss.add_metric(key, rss_bytes)
             gaps.add_metric(key, float(st.gaps))
             missed.add_metric(key, float(st.missed))
         yield from (up, info, seen, latency, inferences, rate, classes, accuracy, rss, gaps, missed)

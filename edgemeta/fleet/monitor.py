@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 # Keep the last N malformed messages only: a misbehaving publisher must not grow memory.
 MAX_ERRORS = 100
+# Malformed messages are logged at most once per this many seconds of monitor time (each one is
+# still counted and kept): one misconfigured publisher at fleet scale would otherwise write a
+# warning per message, onto the very terminal where `fleet watch` draws its table.
+_ERROR_LOG_S = 60.0
 # Kinds the monitor tracks; cmd (its own and other hosts' commands) is ignored before decoding,
 # so a 1 MiB enroll command costs a topic split, not a JSON parse.
 _TRACKED = frozenset(("birth", "telemetry", "death", "reply"))
@@ -154,6 +158,8 @@ class FleetMonitor(StartStop):
         self._request_rebirth = request_rebirth
         self.mqtt5 = share_group is not None if mqtt5 is None else bool(mqtt5)
         self._errors: deque[tuple[str, str]] = deque(maxlen=MAX_ERRORS)
+        self._error_logged_at: float | None = None
+        self._errors_unlogged = 0
         self._cmd_ids = itertools.count(1)
         # A Condition lets wait_until() wake on each message instead of sleeping blindly.
         self._cond = threading.Condition()
@@ -268,14 +274,27 @@ class FleetMonitor(StartStop):
         except Exception as exc:  # the monitor must survive anything on the wire
             log.exception("unexpected error handling %s", topic_name)
             error = f"internal error: {exc!r}"
+        log_error = False
+        unlogged = 0
         with self._cond:
             self._tracker.stats["messages"] += 1
             if error is not None:
                 self._tracker.stats["errors"] += 1
                 self._errors.append((str(topic_name), error))
+                now = self._clock()
+                last = self._error_logged_at
+                # 0 <=: a host clock stepped back must not silence the warnings for hours.
+                if last is None or not 0 <= now - last < _ERROR_LOG_S:
+                    self._error_logged_at = now
+                    log_error, unlogged, self._errors_unlogged = True, self._errors_unlogged, 0
+                else:
+                    self._errors_unlogged += 1
             self._cond.notify_all()
-        if error is not None:
-            log.warning("ignoring malformed message on %r: %s", topic_name, error)
+        if log_error:
+            more = (f" ({unlogged} more malformed message(s) since the last warning; all are "
+                    "counted in stats()['errors'], the last ones kept in errors)"
+                    if unlogged else "")
+            log.warning("ignoring malformed message on %r: %s%s", topic_name, error, more)
         if rebirth is not None:
             self._send_rebirth(*rebirth)
 

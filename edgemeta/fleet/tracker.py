@@ -9,6 +9,7 @@ to JSON decoding.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,13 @@ MAX_BOOTS_TRACKED = 4
 RESYNC = -1
 # Smoothing of the telemetry cadence estimate (exponential moving average weight of a new delta).
 _EWMA = 0.2
+# A device's timestamps may advance at most this factor times the monitor's own time between two
+# arrivals, plus the slack below, to count for the cadence and the inference rate. A board without
+# an RTC has its clock stepped by NTP (days, even years) between two messages; taken as a cadence
+# sample, that step would stretch the silence limit so far that a dead device stayed "online".
+# Generous on purpose: a message held up in the broker's queue only shrinks the arrival time.
+_CLOCK_STEP_FACTOR = 2.0
+_CLOCK_STEP_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,7 @@ class _Device:
     last_seen: float | None = None
     birth: Birth | None = None
     telemetry: Telemetry | None = None
+    telemetry_at: float | None = None  # monitor time when ``telemetry`` arrived
     born_session: int | None = None  # session of the newest birth received
     expected_seq: int | None = None  # next seq of the current session; None before its birth
     gaps: int = 0
@@ -221,14 +230,17 @@ class FleetTracker:
         if isinstance(msg, Telemetry):
             duplicate = self._count_telemetry(dev, msg) == "duplicate"
         if isinstance(msg, Death):
-            why = self._apply_death(dev, msg)
+            why = self._apply_death(dev, msg, now)
         elif isinstance(msg, Birth):
             why = self._apply_birth(dev, msg, now, retained)
         else:
             why = self._apply_alive(dev, msg, now, duplicate)
         if why is None:
             return None
-        if dev.last_rebirth_at is not None and now - dev.last_rebirth_at < self.rebirth_interval_s:
+        # 0 <=: after the host clock steps back, a request "in the future" must not silence the
+        # device's requests until the clock has caught up (hours, perhaps).
+        if (dev.last_rebirth_at is not None
+                and 0 <= now - dev.last_rebirth_at < self.rebirth_interval_s):
             self.stats["rebirths_suppressed"] += 1
             return None
         dev.last_rebirth_at = now
@@ -252,11 +264,15 @@ class FleetTracker:
         # QoS 1 redeliveries are recognised even across reconnects.
         self.stats["telemetry"] += 1
         dev.telemetry_count += 1
-        window = dev.seen.get(msg.boot)
+        window = dev.seen.pop(msg.boot, None)
         if window is None:
             if len(dev.seen) >= MAX_BOOTS_TRACKED:
-                del dev.seen[min(dev.seen)]  # the oldest boot: its late replays are unlikely
-            window = dev.seen[msg.boot] = SeenWindow()
+                # The least recently heard boot, not the smallest ``boot``: that is the device's
+                # clock at process start, and a board without an RTC can start a later boot with
+                # an earlier clock; dropping the live boot's window would count replays twice.
+                del dev.seen[next(iter(dev.seen))]
+            window = SeenWindow()
+        dev.seen[msg.boot] = window  # (re)inserted last: dicts keep insertion order
         verdict = window.add(msg.n)
         if verdict == "new":
             self.stats["telemetry_unique"] += 1
@@ -267,7 +283,7 @@ class FleetTracker:
             self.stats["unverifiable"] += 1
         return verdict
 
-    def _apply_death(self, dev: _Device, msg: Death) -> str | None:
+    def _apply_death(self, dev: _Device, msg: Death, now: float) -> str | None:
         # Deaths from older sessions than one already known are stale (typically the retained
         # Last Will of the previous process) and must not mark a re-born device offline.
         if dev.death_session is not None and msg.session < dev.death_session:
@@ -285,7 +301,7 @@ class FleetTracker:
         if msg.seq is not None and msg.session == dev.born_session:
             # A graceful death still counts for the sequence (a gap before it is reported), but
             # asking a device that is leaving to re-birth is pointless.
-            self._check_seq(dev, msg.seq, dev.last_seen or 0.0)
+            self._check_seq(dev, msg.seq, now)
         dev.death_session = msg.session
         dev.death_reason = msg.reason
         dev.expected_seq = None  # the connection is over; the next one starts with a birth
@@ -317,7 +333,7 @@ class FleetTracker:
         dev.alive_session = msg.session
         dev.last_seen = now
         if isinstance(msg, Telemetry) and not duplicate:
-            self._update_metrics(dev, msg)
+            self._update_metrics(dev, msg, now)
         if dev.born_session != msg.session:
             # A message of a connection whose birth this monitor never saw (started late on a
             # broker without the retained birth, or the birth was lost): ask for one.
@@ -354,7 +370,7 @@ class FleetTracker:
         return f"sequence gap: expected seq {expected}, got {seq} ({ahead} missing)"
 
     @staticmethod
-    def _update_metrics(dev: _Device, msg: Telemetry) -> None:
+    def _update_metrics(dev: _Device, msg: Telemetry, now: float) -> None:
         prev = dev.telemetry
         if msg.replayed and (prev is not None or dev.born_session == msg.session):
             # A spool replay is older than anything live: the reporter sends it after the birth
@@ -363,15 +379,18 @@ class FleetTracker:
             return
         if prev is not None and prev.boot == msg.boot and msg.n <= prev.n:
             return  # a replay or redelivery of something older: keep the newest metrics
-        if prev is not None and prev.boot == msg.boot and msg.ts > prev.ts:
+        if (prev is not None and prev.boot == msg.boot and msg.ts > prev.ts
+                and _plausible_step(msg.ts - prev.ts, dev.telemetry_at, now)):
             # Device timestamps, not arrival times: replayed bursts would distort the cadence.
             dt = msg.ts - prev.ts
-            step = dt / (msg.n - prev.n)
-            dev.interval_s = step if dev.interval_s is None else \
-                dev.interval_s + _EWMA * (step - dev.interval_s)
+            step = _ratio(dt, msg.n - prev.n)
+            if step is not None:
+                dev.interval_s = step if dev.interval_s is None else \
+                    dev.interval_s + _EWMA * (step - dev.interval_s)
             if msg.inference_count >= prev.inference_count:
-                dev.inference_rate = (msg.inference_count - prev.inference_count) / dt
+                dev.inference_rate = _ratio(msg.inference_count - prev.inference_count, dt)
         dev.telemetry = msg
+        dev.telemetry_at = now
 
     def resync(self) -> None:
         """Forget every expected seq, e.g. after the monitor's own reconnect (it missed messages
@@ -398,6 +417,27 @@ class FleetTracker:
         out: dict[str, Any] = dict(self.stats)
         out["devices"] = len(self.devices)
         return out
+
+
+def _plausible_step(device_dt: float, prev_at: float | None, now: float) -> bool:
+    """Whether ``device_dt`` seconds of device time fit the monitor's time between arrivals."""
+    if prev_at is None:
+        return True
+    return device_dt <= _CLOCK_STEP_FACTOR * max(0.0, now - prev_at) + _CLOCK_STEP_SLACK_S
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den`` as a finite float, or None.
+
+    Counters are unbounded JSON integers (10**400 is a valid ``inference_count``) and device
+    timestamps may be 5e-324 apart: an OverflowError here would turn a valid message into an
+    "internal error" before its ``seq`` is checked, and ``inf`` is not JSON.
+    """
+    try:
+        value = num / den
+    except (OverflowError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _state_of(dev: _Device, now: float, limit_s: float) -> DeviceState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from edgemeta.fleet.monitor import FleetMonitor
     from edgemeta.fleet.tracker import DeviceState
 
-__all__ = ["COLUMNS", "SORT_KEYS", "filter_states", "render_table", "sort_states", "watch"]
+__all__ = ["COLUMNS", "SORT_KEYS", "filter_states", "printable", "render_table", "sort_states",
+           "watch"]
 
 COLUMNS = ("device", "fleet", "state", "seen", "model", "classes", "inf/s", "p50/p95 ms",
            "accuracy", "alerts")
@@ -31,6 +33,19 @@ _NO_WRAP = {"device"}
 # Short state words keep the table narrow: why a device is offline is the most useful part.
 _OFFLINE_WORD = {"graceful": "stopped", "lost": "lost", None: "silent"}
 _NEVER = float("-inf")
+# C0/C1 control characters and DEL (ESC starts terminal sequences: window title, clear screen,
+# and worse on some terminals; CR overwrites what was printed) and the bidi overrides that
+# reorder what a reader sees. rich drops some control characters but passes ESC through.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), safe for a terminal.
+
+    Everything a device sends (model version, reply errors, labels) goes through this before
+    it is printed: anyone allowed to publish as a device must not drive the operator's terminal.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _by_state(s: DeviceState) -> Any:
@@ -48,8 +63,30 @@ def _by_last_seen(s: DeviceState) -> Any:
     return (_NEVER if s.last_seen is None else s.last_seen, s.fleet, s.device_id)
 
 
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def _version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Natural order: 1.9.0 < 1.10.0 (as text, "1.10.0" < "1.9.0" put the newest in between).
+
+    Runs of digits compare as numbers by (length, digits) without leading zeros, never via
+    ``int()``: a device-supplied version may hold more digits than ``int()`` converts.
+    """
+    key = []
+    for part in _DIGITS.split(version):
+        if not part:
+            continue
+        if part[0].isascii() and part[0].isdigit():
+            digits = part.lstrip("0")
+            key.append((0, len(digits), digits))
+        else:
+            key.append((1, 0, part))
+    return tuple(key)
+
+
 def _by_version(s: DeviceState) -> Any:
-    return (s.model_version is None, s.model_version or "", s.fleet, s.device_id)
+    v = s.model_version
+    return (v is None, _version_key(v or ""), v or "", s.fleet, s.device_id)
 
 
 SORT_KEYS: dict[str, Callable[[DeviceState], Any]] = {
@@ -158,7 +195,7 @@ def render_table(
         # raise MarkupError and "[blink]" would restyle the table.
         table.add_row(
             Text(st.device_id), Text(st.fleet), state, _ago(st.last_seen, now),
-            Text(st.model_version or "-"), str(st.n_classes), _fmt(st.inference_rate, ".1f"),
+            Text(printable(st.model_version or "-")), str(st.n_classes), _fmt(st.inference_rate, ".1f"),
             lat, acc, Text(", ".join(kinds), style="yellow"),
         )
     return table
