@@ -48,6 +48,20 @@ def _flash_mqtt(bundle: str, url: str, board: str | None, *, device: str | None,
     if device and fleet_pattern:
         raise click.UsageError("give --device ID (one board) or --fleet PATTERN (a roll-out), "
                                "not both")
+    # An option that would be dropped silently is refused: the operator believes it applied.
+    if fleet_pattern and fleet_name:
+        raise click.UsageError("--fleet-name applies to --device; with --fleet, put the fleet in "
+                               "the pattern, e.g. --fleet 'site-a/*'")
+    if not fleet_pattern:
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("canary", "max_failures", "parallel")
+                 if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise click.UsageError(f"{', '.join(given)} {verb} only to a roll-out "
+                                   "(--fleet PATTERN), not to one --device")
     from firmware_bridge.install import preflight
 
     preflight(bundle, board)  # nothing leaves the workstation that cannot work

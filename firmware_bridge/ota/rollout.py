@@ -10,8 +10,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from edgemeta.bundle import read_bundle
@@ -19,8 +21,8 @@ from edgemeta.errors import BundleError, FlashError
 from firmware_bridge.ota.sender import OtaEngine, Transfer
 from firmware_bridge.ota.transport import read_bundle_bytes, split_mqtt_url
 
-__all__ = ["DeviceOutcome", "RolloutReport", "discover", "parse_canary", "rollout",
-           "render_rollout"]
+__all__ = ["DeviceOutcome", "RolloutReport", "canary_count", "discover", "parse_canary",
+           "rollout", "render_rollout"]
 
 _DONE = ("installed", "up-to-date", "failed", "offline", "not-started")
 
@@ -29,9 +31,10 @@ _DONE = ("installed", "up-to-date", "failed", "offline", "not-started")
 class DeviceOutcome:
     """One device in a roll-out.
 
-    ``state``: ``waiting``, ``up-to-date`` (skipped: it already runs the bundle), ``offline``
-    (skipped: the fleet reports it offline), a transfer state while it runs, then ``installed``
-    or ``failed``; ``not-started`` when the roll-out stopped before reaching it.
+    ``state``: ``waiting``, ``up-to-date`` (skipped: it already runs the bundle; or the board
+    answered that it already had it, its birth being stale), ``offline`` (skipped: the fleet
+    reports it offline), a transfer state while it runs, then ``installed`` or ``failed``;
+    ``not-started`` when the roll-out stopped before reaching it.
     """
 
     fleet: str
@@ -53,7 +56,7 @@ class DeviceOutcome:
 
 @dataclass
 class RolloutReport:
-    """What a roll-out did; ``ok`` when nothing failed and it did not stop early."""
+    """What a roll-out did; ``ok`` when every matching device now runs the bundle."""
 
     version: str
     pattern: str
@@ -76,8 +79,10 @@ class RolloutReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing failed, nothing was left out, and at least one device matched."""
-        return not self.stopped and self.failed == 0 and bool(self.devices)
+        """Nothing failed, nothing was left out (offline or not started), and at least one
+        device matched: every matching device now runs the bundle."""
+        return (not self.stopped and self.failed == 0 and bool(self.devices)
+                and not self.count("offline") and not self.count("not-started"))
 
     def summary(self) -> str:
         if not self.devices:
@@ -91,6 +96,9 @@ class RolloutReport:
                 f"{', '.join(parts)} in {self.seconds:.1f} s")
         if self.stopped:
             text += f"; STOPPED: {self.stop_reason}; run the same command again to continue"
+        elif self.count("offline"):
+            # Exit status 1 too: a script must not take a partly updated fleet for a done one.
+            text += "; INCOMPLETE: run the same command again when the offline devices are back"
         return text
 
 
@@ -106,11 +114,28 @@ def parse_canary(text: str | float | int) -> float:
     return value
 
 
+# Id characters (A-Z a-z 0-9 _ . -) and fnmatch wildcards. Anything else can match no device
+# (ids never hold it), so it is a typo better reported than answered with "no device matches".
+_PATTERN_PART = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
+
+
 def _normalise_pattern(pattern: str) -> str:
-    if not pattern or pattern.count("/") > 1:
+    parts = pattern.split("/") if isinstance(pattern, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_PATTERN_PART.fullmatch(p) for p in parts):
         raise FlashError(f"fleet pattern {pattern!r}: expected FLEET/DEVICE with shell wildcards, "
-                         "e.g. 'site-a/*'")
+                         "e.g. 'site-a/*', each part made of A-Z a-z 0-9 _ . - and * ? [ ] !")
     return pattern if "/" in pattern else f"{pattern}/*"
+
+
+def canary_count(percent: float, n: int) -> int:
+    """How many of ``n`` devices are canaries: ``percent`` of them rounded up, at most ``n``.
+
+    Exact arithmetic: in floats 7 / 100 * 100 is 7.000000000000001, which rounds up to 8.
+    """
+    if percent <= 0 or n <= 0:
+        return 0
+    # str() is the shortest repr, so 33.3 becomes exactly 333/10 rather than its binary value.
+    return min(n, math.ceil(Fraction(str(percent)) * n / 100))
 
 
 def discover(broker_url: str, pattern: str, wait_s: float = 3.0) -> list[Any]:
@@ -174,6 +199,9 @@ def _sync(d: DeviceOutcome) -> None:
     if t.done.is_set():
         d.state = "installed" if t.ok else "failed"
         d.reason, d.message = t.reason, t.message
+        if t.ok and t.status is not None and not t.status.changed:
+            # The board already ran it (its birth was stale): nothing was installed.
+            d.state = "up-to-date"
     else:
         d.state = "sending" if t.state in ("offered", "need", "receiving") else t.state
 
@@ -199,13 +227,18 @@ def rollout(bundle_path: str | os.PathLike[str], broker_url: str, pattern: str, 
         engine_options: More keyword arguments for :class:`OtaEngine`.
 
     Returns:
-        The :class:`RolloutReport`; devices that were offline or not reached are listed too.
+        The :class:`RolloutReport`; devices that were offline or not reached are listed too,
+        and make ``ok`` false (the roll-out is not complete until they run the bundle).
 
     Raises:
         FlashError: Bad bundle, pattern or canary; FleetError if the broker is unreachable.
     """
     started = time.monotonic()
-    broker, _, _ = split_mqtt_url(broker_url)
+    broker, url_fleet, url_device = split_mqtt_url(broker_url)
+    if url_fleet or url_device:
+        # The pattern chooses the devices; a device in the URL would silently be ignored.
+        raise FlashError(f"target {broker_url!r} names a device: a --fleet roll-out takes the "
+                         "broker only (mqtt://BROKER[:PORT]) and the devices from its pattern")
     data = read_bundle_bytes(bundle_path)
     try:
         manifest = read_bundle(data).manifest
@@ -227,7 +260,7 @@ def rollout(bundle_path: str | os.PathLike[str], broker_url: str, pattern: str, 
         else:
             targets.append(d)
         report.devices.append(d)
-    n_canary = min(len(targets), math.ceil(percent / 100 * len(targets))) if percent else 0
+    n_canary = canary_count(percent, len(targets))
     for i, d in enumerate(targets):
         d.phase = "canary" if i < n_canary else "rest"
     if not found:

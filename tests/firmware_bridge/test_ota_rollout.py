@@ -61,7 +61,8 @@ def test_split_mqtt_url(url, expected):
 
 
 @pytest.mark.parametrize("url", ["ws://h/pi", "mqtt://h/a/b/c", "mqtt:///pi", "mqtt://h/p+1",
-                                 "mqtt://h:99999/pi", "mqtt://h/pi?x=1"])
+                                 "mqtt://h:99999/pi", "mqtt://h/pi?x=1",
+                                 "mqtt://h:0/pi"])
 def test_split_mqtt_url_refuses(url):
     with pytest.raises(FlashError, match="target|broker URL"):
         split_mqtt_url(url)
