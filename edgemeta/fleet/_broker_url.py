@@ -187,6 +187,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
                         "?password_file=PATH instead")
     if not parts.hostname:
         raise _bad(url, "has no host")
+    if port == 0:
+        # urlsplit accepts it; paho would fail later with a bare "Invalid port number".
+        raise _bad(url, "has port 0: expected a TCP port from 1 to 65535")
     if parts.path not in ("", "/") or parts.fragment:
         raise _bad(url, "has a path or fragment")
     tls = parts.scheme == "mqtts"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -97,8 +98,9 @@ class FleetMonitor(StartStop):
         max_devices: Most devices tracked; messages of further devices are counted
             (``overflow`` in :meth:`stats`), logged and otherwise ignored.
         share_group: Join this MQTT shared-subscription group for telemetry and replies, so
-            several monitors split the load. Uses MQTT 5. Gap detection is off in this mode
-            unless ``detect_gaps`` says otherwise (each monitor sees only part of a sequence).
+            several monitors split the load. Uses MQTT 5. Gap detection and the silence rule
+            for offline are off in this mode unless ``detect_gaps`` says otherwise (each
+            monitor sees only part of a sequence): devices go offline by their deaths.
         detect_gaps: Check sequence numbers; default True, or False with ``share_group``.
         request_rebirth: Publish ``rebirth`` commands on gaps and unknown sessions.
         rebirth_interval_s: At most one rebirth request per device per this many seconds.
@@ -373,8 +375,18 @@ class FleetMonitor(StartStop):
         """Current state of every device, sorted by fleet then device id."""
         now = self._clock()
         cfg = self.alert_config
+        if self.share_group is not None and not self.detect_gaps:
+            # This monitor gets only its share of each device's telemetry: long runs of
+            # messages that went to other monitors are normal, so silence says nothing and
+            # liveness comes from births and deaths (the broker publishes the Will of every
+            # lost connection), which every monitor of the group receives directly.
+            def limit(interval: float | None) -> float:
+                return math.inf
+        else:
+            def limit(interval: float | None) -> float:
+                return silence_limit(cfg, interval)
         with self._cond:
-            return self._tracker.states(now, lambda interval: silence_limit(cfg, interval))
+            return self._tracker.states(now, limit)
 
     def alerts(self, states: list[DeviceState] | None = None) -> list[Alert]:
         """Alerts over ``states`` (a fresh snapshot by default); see :mod:`edgemeta.fleet.alerts`."""

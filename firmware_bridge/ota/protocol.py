@@ -182,8 +182,16 @@ def _decode(cls: Any, payload: object) -> Any:
                            f"{MAX_JSON_BYTES}")
     try:
         obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+    except MessageError:
+        raise  # NaN/Infinity, from _reject_constant
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"{kind} payload is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        # b"[" * 30000 is far below the size cap; the receiver runs on paho's network thread.
+        raise MessageError(f"{kind} payload is nested too deeply: expected a flat JSON "
+                           "object") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise MessageError(f"{kind} payload is not usable JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise MessageError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
     if obj.get("schema") != SCHEMA_VERSION or isinstance(obj.get("schema"), bool):

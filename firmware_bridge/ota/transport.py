@@ -30,10 +30,7 @@ def split_mqtt_url(url: str) -> tuple[str, str | None, str | None]:
         parts = urlsplit(url)
         # The query belongs to the broker (mqtts://host?ca=...&password_file=...).
         broker = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
-        if _mqtt.parse_broker_url(broker).port == 0:
-            # Accepted by the URL parser but refused by paho's connect() with a bare ValueError.
-            raise FlashError(f"target {url!r}: port 0 is not a broker port: expected "
-                             "mqtt://BROKER[:PORT] with PORT 1-65535 (default 1883)")
+        _mqtt.parse_broker_url(broker)  # a bad broker part (port 0, TLS files) is named here
         if parts.fragment:
             raise FlashError(f"target {url!r} has a fragment: expected "
                              "mqtt[s]://BROKER[:PORT][/[FLEET/]DEVICE][?TLS options]")

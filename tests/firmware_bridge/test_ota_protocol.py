@@ -71,6 +71,19 @@ def test_offer_rejects_bad_payloads(payload):
         decode_offer(payload)
 
 
+@pytest.mark.parametrize("payload", [b"[" * 30000 + b"]" * 30000,
+                                     b'{"schema": 1, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+                                     b'{"schema": 1, "size": ' + b"9" * 5000 + b"}"])
+def test_offers_and_statuses_nested_too_deeply_or_with_huge_numbers_are_message_errors(payload):
+    """Within the size cap, yet RecursionError/ValueError in json: the board must count them
+    as rejected (MessageError), not log a crash on paho's thread."""
+
+    with pytest.raises(MessageError):
+        decode_offer(payload)
+    with pytest.raises(MessageError):
+        decode_status(payload)
+
+
 def test_status_round_trip_and_range_checks():
     s = Status(TID, "site-a", "pi-1", "need", need=((0, 3), (5, 6)), received=3, chunks=6,
                version="1.0.0")

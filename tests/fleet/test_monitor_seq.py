@@ -271,6 +271,30 @@ def test_share_group_turns_gap_detection_off(clock: Clock, sent: Sent) -> None:
     assert forced.detect_gaps and forced.subscriptions()[0] == "edgemeta/v1/lab/+/birth"
 
 
+def test_share_group_member_judges_liveness_by_deaths_not_silence(clock: Clock,
+                                                                   sent: Sent) -> None:
+    """A monitor of a share group receives only its share of each device's telemetry: a long
+    run that went to the other monitors must not flap the device offline; its death does."""
+    m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, share_group="mon")
+    feed(m, birth())
+    feed(m, tele(1, ts=1000.0))
+    feed(m, tele(2, ts=1002.0))  # cadence 2 s: the silence limit alone would be 6 s
+    clock.now += 120  # 60 intervals, every message went to another monitor of the group
+    st = m.device("pi-01")
+    assert st is not None and st.state == "online" and m.alerts() == []
+    feed(m, Death("pi-01", "lab", 100, None, "lost", bd_seq=0))
+    st = m.device("pi-01")
+    assert st is not None and st.state == "offline" and [a.kind for a in m.alerts()] == ["offline"]
+    # A member that sees every message of a device (routing by topic) keeps the silence rule.
+    routed = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, share_group="mon",
+                          detect_gaps=True)
+    feed(routed, birth())
+    feed(routed, tele(1, ts=1000.0))
+    feed(routed, tele(2, ts=1002.0))
+    clock.now += 7
+    assert routed.device("pi-01").state == "offline"  # type: ignore[union-attr]
+
+
 def test_rebirth_can_be_switched_off(clock: Clock, sent: Sent) -> None:
     m = FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, request_rebirth=False)
     feed(m, tele(3))

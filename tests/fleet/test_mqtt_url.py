@@ -114,6 +114,7 @@ def test_configure_refuses_a_hand_made_plain_address_with_password() -> None:
     ("h:1883", "unsupported broker URL"),
     ("mqtt://", "has no host"),
     ("mqtts://h:99999", "bad broker URL"),
+    ("mqtt://h:0", "has port 0"),
     ("mqtt://h/topic", "has a path"),
     ("mqtt://h#frag", "fragment"),
     ("mqtt://h?x=1", "unknown query parameter 'x'"),
