@@ -181,8 +181,9 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
     started = time.perf_counter() - elapsed_before
     bar = tqdm(range(start_episode + 1, config.episodes + 1), desc=f"meta-train {config.algorithm}",
                unit="step", disable=not progress, dynamic_ncols=True, initial=start_episode,
-               # A run that only its time budget ends has no meaningful step total.
-               total=None if config.episodes >= UNLIMITED_EPISODES else config.episodes)
+               # A run that only its time budget ends has no meaningful step total; tqdm would
+               # take len(range) for None and show 10,000,000 steps and an ETA in months.
+               total=float("inf") if config.episodes >= UNLIMITED_EPISODES else config.episodes)
     if log_path:
         # Created only now: a run refused above (bad data, nothing to resume) leaves no folder.
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,12 @@ def train_meta(train_x: np.ndarray, train: ImageClassDataset, config: TrainConfi
                 if log_fh:
                     log_fh.write(json.dumps(point) + "\n")
                     log_fh.flush()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in point.items()
-                                 if k in ("loss", "train_acc", "val_acc")})
+                postfix = {k: f"{v:.3f}" for k, v in point.items()
+                           if k in ("loss", "train_acc", "val_acc")}
+                if config.time_budget_s:
+                    left = max(0.0, config.time_budget_s - (time.perf_counter() - started))
+                    postfix["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+                bar.set_postfix(postfix)
             if ckpt and (last or (config.checkpoint_every and episode % config.checkpoint_every == 0)):
                 save_checkpoint(ckpt, learner, optimizer, config, extra=[generator.state],
                                 episode=episode, data=fingerprint,

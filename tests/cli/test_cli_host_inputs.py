@@ -177,6 +177,8 @@ def test_minutes_alone_is_a_time_budget_not_400_steps(tmp_path):
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "a" / "train_config.json").read_text())
     assert config["episodes"] == UNLIMITED_EPISODES and config["time_budget_s"] == 0.6
+    # The bar counts steps without a total (not "x/10000000" with an ETA in months).
+    assert "meta-train" in r.output and "10000000" not in r.output, r.output
     r = CliRunner().invoke(cli, ["train", "--data", "synthetic:20", "--out", str(tmp_path / "b"),
                                  "--minutes", "5", "--episodes", "3", *small])
     assert r.exit_code == 0, r.output
