@@ -98,7 +98,10 @@ def test_shipped_omniglot_bundle_is_valid():
     path = Path(__file__).resolve().parents[2] / "models" / "omniglot-protonet.edgemeta"
     b = read_bundle(path)
     assert b.manifest.input.dtype == "int8" and path.stat().st_size <= 300_000
-    assert len(b.manifest.test_time_shifts) == 4
+    # Three views per classification (the image and its two diagonal shifts) fit 0.2 ms on the
+    # slower of the two machines measured (docs/benchmarks.md).
+    assert b.manifest.test_time_shifts == ((3, 3), (-3, -3))
+    assert b.manifest.self_test is not None  # checked by the board before it switches
 
 
 def _signed(tmp_path):

@@ -53,5 +53,5 @@ def test_install_and_embed_on_tflite_runtime(tmp_path):
     litert = FewShotClassifier(read_bundle(SHIPPED))
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
     lsb = litert.manifest.output_scale
-    # Averaged over 5 test-time views, ±2 LSB per view stays within ±2 LSB of the mean.
+    # Averaged over the test-time views, ±2 LSB per view stays within ±2 LSB of the mean.
     assert np.max(np.abs(np.array(out["emb"]) - litert.embed(x))) <= 2 * lsb + 1e-6
