@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,26 +61,40 @@ def accuracy(support_emb: np.ndarray, query_emb: np.ndarray, episodes: list, met
     return 100.0 * float(np.mean(accs))
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out images preprocessed for a bundle, and the episodes omniglot.py scores."""
+
+    x: np.ndarray
+    eps_20_1: list
+    eps_5_5: list
+    groups: dict[str, tuple[np.ndarray, list]]  # alphabet -> (image rows, 20w1s episodes)
+
+
+def held_out(bundle: Bundle, holdout: list[str]) -> HeldOut:
+    """The seeds benchmarks/omniglot.py uses, so a bundle's own views reproduce its table."""
+    data = load_omniglot(sorted(SHARED.glob("*.zip")), name="omniglot-background-small")
+    test: ImageClassDataset = data.split_groups(holdout)[1]
+    groups = {}
+    for g in holdout:
+        ids = [c for c, gg in enumerate(test.class_groups) if gg == g]
+        rows = np.nonzero(np.isin(test.labels, ids))[0]  # subset_classes keeps image order
+        groups[g] = (rows, EpisodeSampler(test.subset_classes(ids), 20, 1, 5, seed=7).take(250))
+    return HeldOut(preprocess_batch(test.images, bundle.manifest.input.preprocessing),
+                   EpisodeSampler(test, 20, 1, 5, seed=121, within_group=True).take(1000),
+                   EpisodeSampler(test, 5, 5, 5, seed=110, within_group=True).take(1000), groups)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("--holdout", required=True, help="the alphabets the bundle was trained without")
     args = p.parse_args()
     bundle = read_bundle(args.bundle)
-    holdout = args.holdout.split(",")
-    data = load_omniglot(sorted(SHARED.glob("*.zip")), name="omniglot-background-small")
-    test: ImageClassDataset = data.split_groups(holdout)[1]
-    x = preprocess_batch(test.images, bundle.manifest.input.preprocessing)
+    h = held_out(bundle, args.holdout.split(","))
+    x, eps_20_1, eps_5_5, groups = h.x, h.eps_20_1, h.eps_5_5, h.groups
     query = embed_all(bundle, x, list(bundle.manifest.test_time_shifts))
     metric = bundle.manifest.distance
-    # The seeds benchmarks/omniglot.py uses, so the first line reproduces its table.
-    eps_20_1 = EpisodeSampler(test, 20, 1, 5, seed=121, within_group=True).take(1000)
-    eps_5_5 = EpisodeSampler(test, 5, 5, 5, seed=110, within_group=True).take(1000)
-    groups = {}
-    for g in holdout:
-        ids = [c for c, gg in enumerate(test.class_groups) if gg == g]
-        rows = np.nonzero(np.isin(test.labels, ids))[0]  # subset_classes keeps image order
-        groups[g] = (rows, EpisodeSampler(test.subset_classes(ids), 20, 1, 5, seed=7).take(250))
     for name, shifts in VIEW_SETS.items():
         support = embed_all(bundle, x, shifts)
         cells = [f"20w1s {accuracy(support, query, eps_20_1, metric):.2f}",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import zlib
 from pathlib import Path
 
@@ -27,24 +26,16 @@ from edgemeta.meta import preprocess_dataset
 from edgemeta.quantize import compare_float_int8, convert_int8, magnitude_prune, make_manifest
 from edgemeta.quantize import representative_sample
 from edgemeta.runtime import FewShotClassifier
-from edgemeta.runtime.embedder import input_details, set_batch_size
+
+from latency import invoke_times_us  # the sibling script: one timing loop for every figure
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 
 
 def invoke_us(bundle: Bundle, runs: int = 1000) -> float:
-    interp = FewShotClassifier(bundle).embedder.interpreter
-    set_batch_size(interp, 1)
-    d = input_details(interp)
-    interp.set_tensor(d["index"], np.zeros(d["shape"], np.int8))
-    for _ in range(50):
-        interp.invoke()
-    t = []
-    for _ in range(runs):
-        s = time.perf_counter()
-        interp.invoke()
-        t.append(time.perf_counter() - s)
-    return float(np.median(t) * 1e6)
+    """Median interpreter time of one image, in µs."""
+    return float(np.median(invoke_times_us(FewShotClassifier(bundle).embedder.interpreter, 1,
+                                           runs)))
 
 
 def main() -> None:

@@ -16,19 +16,16 @@ and 20-way 1-shot per held-out alphabet.
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from edgemeta.bundle import Bundle, read_bundle
-from edgemeta.data import EpisodeSampler, ImageClassDataset, load_omniglot
+from edgemeta.bundle import read_bundle
 from edgemeta.runtime.backends import load_interpreter
-from edgemeta.runtime.embedder import input_details, set_batch_size
-from edgemeta.runtime.preprocess import preprocess_batch
 
-from enroll_views import SHARED, accuracy, embed_all  # the sibling script (same episodes)
+# The sibling scripts: the same held-out episodes, the same timing loop.
+from enroll_views import accuracy, embed_all, held_out
+from latency import invoke_times_us
 
 VIEW_SETS: dict[str, list[tuple[int, int]]] = {
     "1 (no shift)": [],
@@ -41,51 +38,23 @@ VIEW_SETS: dict[str, list[tuple[int, int]]] = {
 }
 
 
-def invoke_us(bundle: Bundle, views: int, runs: int = 1500) -> float:
-    """Median interpreter time of one batch of ``views`` images, 1 thread, in µs."""
-    interp = load_interpreter(bundle.model, num_threads=1).interpreter
-    set_batch_size(interp, views)
-    interp.allocate_tensors()  # a batch of 1 needs no resize, but a fresh interpreter no tensors
-    detail = input_details(interp)
-    interp.set_tensor(detail["index"], np.random.default_rng(0).integers(
-        -128, 128, size=detail["shape"], dtype=np.int8))
-    for _ in range(50):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interp.invoke()
-        times.append(time.perf_counter() - t)
-    return float(np.percentile(times, 50) * 1e6)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("--holdout", required=True, help="the alphabets the bundle was trained without")
     args = p.parse_args()
     bundle = read_bundle(args.bundle)
-    holdout = args.holdout.split(",")
-    data = load_omniglot(sorted(SHARED.glob("*.zip")), name="omniglot-background-small")
-    test: ImageClassDataset = data.split_groups(holdout)[1]
-    x = preprocess_batch(test.images, bundle.manifest.input.preprocessing)
+    h = held_out(bundle, args.holdout.split(","))
     metric = bundle.manifest.distance
-    # The seeds benchmarks/omniglot.py uses.
-    eps_20_1 = EpisodeSampler(test, 20, 1, 5, seed=121, within_group=True).take(1000)
-    eps_5_5 = EpisodeSampler(test, 5, 5, 5, seed=110, within_group=True).take(1000)
-    groups = {}
-    for g in holdout:
-        ids = [c for c, gg in enumerate(test.class_groups) if gg == g]
-        rows = np.nonzero(np.isin(test.labels, ids))[0]
-        groups[g] = (rows, EpisodeSampler(test.subset_classes(ids), 20, 1, 5, seed=7).take(250))
     for name, shifts in VIEW_SETS.items():
-        emb = embed_all(bundle, x, shifts)
-        views = replace(bundle.manifest, test_time_shifts=tuple(shifts))
-        cells = [f"invoke_us={invoke_us(replace(bundle, manifest=views), 1 + len(shifts)):.1f}",
-                 f"20w1s {accuracy(emb, emb, eps_20_1, metric):.2f}",
-                 f"5w5s {accuracy(emb, emb, eps_5_5, metric):.2f}"]
+        emb = embed_all(bundle, h.x, shifts)
+        interp = load_interpreter(bundle.model, num_threads=1).interpreter
+        us = float(np.percentile(invoke_times_us(interp, 1 + len(shifts), 1500), 50))
+        cells = [f"invoke_us={us:.1f}",
+                 f"20w1s {accuracy(emb, emb, h.eps_20_1, metric):.2f}",
+                 f"5w5s {accuracy(emb, emb, h.eps_5_5, metric):.2f}"]
         cells += [f"{g} {accuracy(emb[rows], emb[rows], eps, metric):.2f}"
-                  for g, (rows, eps) in groups.items()]
+                  for g, (rows, eps) in h.groups.items()]
         print(f"views {name:<20} " + "  ".join(cells), flush=True)
 
 

@@ -375,18 +375,14 @@ class FleetMonitor(StartStop):
         """Current state of every device, sorted by fleet then device id."""
         now = self._clock()
         cfg = self.alert_config
-        if self.share_group is not None and not self.detect_gaps:
-            # This monitor gets only its share of each device's telemetry: long runs of
-            # messages that went to other monitors are normal, so silence says nothing and
-            # liveness comes from births and deaths (the broker publishes the Will of every
-            # lost connection), which every monitor of the group receives directly.
-            def limit(interval: float | None) -> float:
-                return math.inf
-        else:
-            def limit(interval: float | None) -> float:
-                return silence_limit(cfg, interval)
+        # In a share group this monitor gets only its share of each device's telemetry: long
+        # runs that went to other members are normal, so silence says nothing and liveness
+        # comes from births and deaths (the broker publishes the Will of every lost
+        # connection), which every member receives directly.
+        partial_view = self.share_group is not None and not self.detect_gaps
         with self._cond:
-            return self._tracker.states(now, limit)
+            return self._tracker.states(
+                now, lambda interval: math.inf if partial_view else silence_limit(cfg, interval))
 
     def alerts(self, states: list[DeviceState] | None = None) -> list[Alert]:
         """Alerts over ``states`` (a fresh snapshot by default); see :mod:`edgemeta.fleet.alerts`."""

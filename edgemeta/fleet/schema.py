@@ -41,6 +41,7 @@ __all__ = [
     "HOST_ROOT",
     "MAX_PAYLOAD_BYTES",
     "MAX_COMMAND_BYTES",
+    "load_json_payload",
     "COMMANDS",
     "KINDS",
     "TopicParts",
@@ -382,13 +383,21 @@ def decode(kind: str, payload: bytes | bytearray) -> Message:
     return _decode_as(MESSAGE_TYPES[_check_kind(kind)], kind, payload)
 
 
-def _decode_as(cls: type[_V], kind: str, payload: bytes | bytearray) -> _V:
+def load_json_payload(kind: str, payload: object, max_bytes: int) -> Any:
+    """Strict JSON of an MQTT payload; every way it can be unusable is a MessageError.
+
+    Shared by the telemetry schema and the OTA protocol: both run on paho's network thread,
+    where anything else raised (RecursionError, ValueError for an over-long integer) would be
+    logged as a crash instead of counted as a rejected message.
+
+    Raises:
+        MessageError: Not bytes, over ``max_bytes``, not UTF-8, not JSON, NaN/Infinity, nested
+            too deeply, or numbers Python will not parse; the message names ``kind``.
+    """
     if not isinstance(payload, (bytes, bytearray)):
         raise MessageError(f"{kind} payload must be bytes, got {type(payload).__name__}")
-    if len(payload) > cls.MAX_BYTES:
-        raise MessageError(
-            f"{kind} payload is {len(payload)} bytes: expected at most {cls.MAX_BYTES}"
-        )
+    if len(payload) > max_bytes:
+        raise MessageError(f"{kind} payload is {len(payload)} bytes: expected at most {max_bytes}")
     try:
         obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
@@ -404,6 +413,11 @@ def _decode_as(cls: type[_V], kind: str, payload: bytes | bytearray) -> _V:
     except Exception as exc:  # noqa: BLE001 - e.g. ValueError for an over-long integer
         raise MessageError(f"{kind} payload is not usable JSON: {type(exc).__name__}: "
                            f"{str(exc)[:200]}") from None
+    return obj
+
+
+def _decode_as(cls: type[_V], kind: str, payload: bytes | bytearray) -> _V:
+    obj = load_json_payload(kind, payload, cls.MAX_BYTES)
     try:
         return _from_object(cls, kind, obj)
     except RecursionError:  # checking (or describing) a value nested close to the limit

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from edgemeta.bundle.archive import MAX_BUNDLE_BYTES
 from edgemeta.errors import MessageError
-from edgemeta.fleet.schema import TOPIC_ROOT, validate_id
+from edgemeta.fleet.schema import TOPIC_ROOT, load_json_payload, validate_id
 
 # The over-the-air payloads are versioned on their own, independently of telemetry.
 SCHEMA_VERSION = 1
@@ -169,29 +169,9 @@ class _Message:
         return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise MessageError(f"payload contains {name}: expected finite numbers only (strict JSON)")
-
-
 def _decode(cls: Any, payload: object) -> Any:
     kind = f"OTA {cls.KIND}"
-    if not isinstance(payload, (bytes, bytearray)):
-        raise MessageError(f"{kind} payload must be bytes, got {type(payload).__name__}")
-    if len(payload) > MAX_JSON_BYTES:
-        raise MessageError(f"{kind} payload is {len(payload)} bytes: expected at most "
-                           f"{MAX_JSON_BYTES}")
-    try:
-        obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
-    except MessageError:
-        raise  # NaN/Infinity, from _reject_constant
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"{kind} payload is not UTF-8 JSON: {exc}") from None
-    except RecursionError:
-        # b"[" * 30000 is far below the size cap; the receiver runs on paho's network thread.
-        raise MessageError(f"{kind} payload is nested too deeply: expected a flat JSON "
-                           "object") from None
-    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
-        raise MessageError(f"{kind} payload is not usable JSON: {exc}") from None
+    obj = load_json_payload(kind, payload, MAX_JSON_BYTES)
     if not isinstance(obj, dict):
         raise MessageError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
     if obj.get("schema") != SCHEMA_VERSION or isinstance(obj.get("schema"), bool):
@@ -200,7 +180,11 @@ def _decode(cls: Any, payload: object) -> Any:
     missing = [n for n in cls._SPEC if n not in obj]
     if missing:
         raise MessageError(f"{kind} payload is missing field(s) {', '.join(missing)}")
-    return cls(**{n: obj[n] for n in cls._SPEC})
+    try:
+        return cls(**{n: obj[n] for n in cls._SPEC})
+    except RecursionError:  # checking (or describing) a value nested close to the limit
+        raise MessageError(f"{kind} payload is nested too deeply: expected a flat JSON "
+                           "object") from None
 
 
 @dataclass(frozen=True)

@@ -11,60 +11,16 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from edgemeta.cli import cli
-from edgemeta.fleet import Birth, Death, FleetMonitor, Telemetry, topic
+from edgemeta.fleet import Death, FleetMonitor
 from edgemeta.fleet.exporter import FleetCollector
-from edgemeta.fleet.schema import decode
 from edgemeta.fleet.tracker import MAX_BOOTS_TRACKED, DeviceState
 from edgemeta.fleet.view import sort_states
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Sent(list):
-    def __call__(self, topic_name: str, payload: bytes) -> None:
-        self.append((topic_name, decode("cmd", payload)))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sent() -> Sent:
-    return Sent()
+from tests.fleet.monitor_fakes import Clock, Sent, birth, feed, tele
 
 
 @pytest.fixture
 def monitor(clock: Clock, sent: Sent) -> FleetMonitor:
     return FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, host_id="host-r")
-
-
-def birth(session: int = 100, interval_s: float | None = None) -> Birth:
-    return Birth(device_id="pi-01", fleet="lab", session=session, ts=1.0, model_version="1.0",
-                 model_sha256=None, backend=None, board=None, labels=("a",),
-                 agent_version="0.1.0", bd_seq=0, seq=0, interval_s=interval_s)
-
-
-def tele(seq: int, ts: float, n: int | None = None, boot: int = 7, count: int = 0,
-         session: int = 100, **kw: object) -> Telemetry:
-    fields: dict[str, object] = dict(
-        device_id="pi-01", fleet="lab", session=session, seq=seq, ts=ts, uptime_s=1.0,
-        model_version="1.0", model_sha256=None, labels=("a",), n_classes=1,
-        inference_count=count, latency_p50_ms=1.0, latency_p95_ms=2.0, rss_bytes=1,
-        accuracy=None, evaluated=0, boot=boot, n=seq if n is None else n)
-    fields.update(kw)
-    return Telemetry(**fields)  # type: ignore[arg-type]
-
-
-def feed(m: FleetMonitor, msg: Birth | Telemetry | Death, retained: bool = False) -> None:
-    m.handle(topic(msg.fleet, msg.device_id, msg.KIND), msg.to_payload(), retained)
 
 
 def only(m: FleetMonitor) -> DeviceState:

@@ -9,59 +9,14 @@ import json
 
 import pytest
 
-from edgemeta.fleet import Birth, Command, Death, FleetMonitor, Reply, Telemetry, topic
-from edgemeta.fleet.schema import decode
+from edgemeta.fleet import Command, Death, FleetMonitor, Reply, topic
 from edgemeta.fleet.tracker import MAX_BOOTS_TRACKED, REPLAY_WINDOW, SeenWindow
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Sent(list):
-    """Collects (topic, Command) of every rebirth request."""
-
-    def __call__(self, topic_name: str, payload: bytes) -> None:
-        self.append((topic_name, decode("cmd", payload)))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sent() -> Sent:
-    return Sent()
+from tests.fleet.monitor_fakes import Clock, Sent, birth, feed, tele
 
 
 @pytest.fixture
 def monitor(clock: Clock, sent: Sent) -> FleetMonitor:
     return FleetMonitor("mqtt://127.0.0.1:1", clock=clock, publish=sent, host_id="host-a")
-
-
-def birth(session: int = 100, device: str = "pi-01", bd_seq: int = 0) -> Birth:
-    return Birth(device_id=device, fleet="lab", session=session, ts=1.0, model_version="1.0",
-                 model_sha256=None, backend=None, board=None, labels=("a",),
-                 agent_version="0.1.0", bd_seq=bd_seq, seq=0)
-
-
-def tele(seq: int, n: int | None = None, session: int = 100, device: str = "pi-01",
-         boot: int = 7, ts: float | None = None, count: int = 0, **kw: object) -> Telemetry:
-    n = seq if n is None else n
-    return Telemetry(device_id=device, fleet="lab", session=session, seq=seq,
-                     ts=1000.0 + n if ts is None else ts, uptime_s=1.0, model_version="1.0",
-                     model_sha256=None, labels=("a",), n_classes=1, inference_count=count,
-                     latency_p50_ms=1.0, latency_p95_ms=2.0, rss_bytes=1, accuracy=None,
-                     evaluated=0, boot=boot, n=n, **kw)  # type: ignore[arg-type]
-
-
-def feed(m: FleetMonitor, msg: Birth | Telemetry | Death | Reply) -> None:
-    m.handle(topic(msg.fleet, msg.device_id, msg.KIND), msg.to_payload())
 
 
 def test_seq_wraps_without_a_gap(monitor: FleetMonitor, sent: Sent) -> None:
